@@ -1,0 +1,150 @@
+//! `kubelet-sim`: the kubelet simulator's command line. `serve` plays the
+//! kubelet in a directory and takes commands on stdin; `demo` runs a device
+//! plugin binary against it and narrates what happens.
+
+use std::{io::BufRead, path::PathBuf, process::ExitCode, time::Instant};
+
+use argh::FromArgs;
+use kubelet_plugin::sim::{Sim, SimEvent, demo};
+
+#[derive(FromArgs)]
+/// A kubelet stand-in for device plugins: serves Registration on kubelet.sock,
+/// dials plugins back, watches their devices and allocates.
+struct Cli {
+    /// print the version and exit
+    #[argh(switch)]
+    version: bool,
+    #[argh(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Cmd {
+    Serve(Serve),
+    Demo(Demo),
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "serve")]
+/// Play the kubelet in DIR until stdin ends or says quit. Commands on stdin:
+/// `allocate RESOURCE N`, `devices`, `restart`, `quit`.
+struct Serve {
+    /// the device plugin directory (default /var/lib/kubelet/device-plugins)
+    #[argh(option, default = "PathBuf::from(\"/var/lib/kubelet/device-plugins\")")]
+    dir: PathBuf,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "demo")]
+/// Run a device plugin against the simulator in a temp dir and show its life.
+struct Demo {
+    /// the plugin binary (default: kubelet-plugin beside this binary)
+    #[argh(option)]
+    plugin_bin: Option<PathBuf>,
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("kubelet-sim: error: {msg}");
+    ExitCode::from(2)
+}
+
+fn print_event(start: Instant, ev: &SimEvent) {
+    let ms = |at: &Instant| at.duration_since(start).as_secs_f64() * 1000.0;
+    match ev {
+        SimEvent::Registered { request, options, at } => println!(
+            "[{:>9.1} ms] registered resource={} endpoint={} version={} preferred_allocation={} pre_start={}",
+            ms(at), request.resource_name, request.endpoint, request.version,
+            options.get_preferred_allocation_available, options.pre_start_required
+        ),
+        SimEvent::Rejected { request, error, at } => println!(
+            "[{:>9.1} ms] rejected resource={} endpoint={}: {error}",
+            ms(at), request.resource_name, request.endpoint
+        ),
+        SimEvent::Devices { resource, devices, at } => {
+            println!("[{:>9.1} ms] devices of {resource}:", ms(at));
+            for (id, health) in devices {
+                println!("                 {id:<12} {health}");
+            }
+        }
+        SimEvent::StreamEnded { resource, at } => {
+            println!("[{:>9.1} ms] ListAndWatch ended resource={resource}", ms(at))
+        }
+    }
+}
+
+fn command(sim: &mut Sim, line: &str) -> Result<bool, String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        [] => {}
+        ["quit"] => return Ok(false),
+        ["restart"] => {
+            sim.restart()?;
+            println!("restarted: sockets deleted, {} made anew", sim.socket().display());
+        }
+        ["devices"] => println!("use the device lists printed above"),
+        ["allocate", resource, n] => {
+            let n: usize = n.parse().map_err(|_| format!("not a count: {n}"))?;
+            let (ids, resp) = sim.allocate_healthy(resource, n)?;
+            println!("allocated {resource} {}", ids.join(","));
+            for c in &resp.container_responses {
+                for cdi in &c.cdi_devices {
+                    println!("    cdi {}", cdi.name);
+                }
+                for d in &c.devices {
+                    println!("    device {} -> {} ({})", d.host_path, d.container_path, d.permissions);
+                }
+            }
+        }
+        _ => return Err(format!("unknown command {line:?}: allocate RESOURCE N | restart | quit")),
+    }
+    Ok(true)
+}
+
+fn serve(args: Serve) -> Result<(), String> {
+    if !args.dir.is_dir() {
+        return Err(format!("--dir {}: not a directory", args.dir.display()));
+    }
+    let mut sim = Sim::start(&args.dir)?;
+    println!("serving {}", sim.socket().display());
+    let start = Instant::now();
+    let events = sim.events().clone();
+    std::thread::Builder::new()
+        .name("sim-print".into())
+        .spawn(move || events.iter().for_each(|ev| print_event(start, &ev)))
+        .map_err(|e| e.to_string())?;
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        match command(&mut sim, &line) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => eprintln!("kubelet-sim: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli: Cli = argh::from_env();
+    if cli.version {
+        println!("kubelet-sim {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let result = match cli.command {
+        Some(Cmd::Serve(args)) => serve(args),
+        Some(Cmd::Demo(args)) => {
+            let bin = args.plugin_bin.or_else(|| {
+                std::env::current_exe().ok().map(|p| p.with_file_name("kubelet-plugin"))
+            });
+            match bin {
+                Some(bin) => demo::run(&bin),
+                None => Err("cannot find kubelet-plugin: pass --plugin-bin".into()),
+            }
+        }
+        None => Err("no command given: try `kubelet-sim serve` or `kubelet-sim --help`".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}

@@ -1,0 +1,113 @@
+//! CDI specs: renders one spec per plugin (kind = the resource name, one
+//! CDI device per device node) and writes it atomically into the CDI dir.
+//!
+//! Runtimes watch that dir and may read a file while it is written, so the
+//! spec goes to a temp file whose name does not end in `.json`, is synced,
+//! then renamed over the target. Specs stay at shutdown: the kubelet replays
+//! old Allocate answers when containers restart.
+
+use std::{
+    fmt::Write as _,
+    fs::{self, File, OpenOptions},
+    io::Write as _,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    error::{Error, Result},
+    plugin::Plugin,
+};
+
+/// The lowest CDI version that has `hostPath`; runtimes still in use
+/// (podman 4.3) drop specs newer than 0.5.0 without a word.
+pub const CDI_VERSION: &str = "0.5.0";
+
+/// The spec's file name: `<vendor>-<class>.json`, the name the CDI
+/// library's own writer uses.
+pub fn file_name(plugin: &dyn Plugin) -> String {
+    format!("{}.json", plugin.resource().replace('/', "-"))
+}
+
+/// The environment variable a container gets for a device:
+/// `CDI_DEVICE_<NAME>` holding the fully qualified CDI name.
+pub fn env_name(cdi_name: &str) -> String {
+    let name: String = cdi_name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .collect();
+    format!("CDI_DEVICE_{name}")
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The spec of `plugin` as JSON, one device per line group, stable byte for
+/// byte for the same plugin and host.
+pub fn render(plugin: &dyn Plugin) -> String {
+    let mut out = String::new();
+    out.push_str("{\n");
+    let _ = writeln!(out, "  \"cdiVersion\": {},", json_str(CDI_VERSION));
+    let _ = writeln!(out, "  \"kind\": {},", json_str(plugin.resource()));
+    out.push_str("  \"devices\": [");
+    for (i, node) in plugin.nodes().iter().enumerate() {
+        let fq = format!("{}={}", plugin.resource(), node.cdi_name);
+        out.push_str(if i == 0 { "\n" } else { ",\n" });
+        let _ = write!(
+            out,
+            "    {{\n      \"name\": {},\n      \"containerEdits\": {{\n        \"env\": [{}],\n        \"deviceNodes\": [\n          {{\"path\": {}, \"hostPath\": {}, \"type\": \"c\", \"major\": {}, \"minor\": {}, \"permissions\": \"rw\"}}\n        ]\n      }}\n    }}",
+            json_str(&node.cdi_name),
+            json_str(&format!("{}={fq}", env_name(&node.cdi_name))),
+            json_str(&node.container_path),
+            json_str(&node.host_path.display().to_string()),
+            node.id.major,
+            node.id.minor,
+        );
+    }
+    out.push_str("\n  ]\n}\n");
+    out
+}
+
+/// Writes `plugin`'s spec into `dir` atomically with mode 0644 and returns
+/// its path. An unchanged spec is left as it is.
+pub fn write(dir: &Path, plugin: &dyn Plugin) -> Result<PathBuf> {
+    let path = dir.join(file_name(plugin));
+    let spec = render(plugin);
+    if fs::read(&path).is_ok_and(|old| old == spec.as_bytes()) {
+        return Ok(path);
+    }
+    // Not ending in .json: runtimes ignore it until the rename.
+    let tmp = dir.join(format!(".{}.tmp", file_name(plugin)));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        f.write_all(spec.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io("write CDI spec", &path, e));
+    }
+    Ok(path)
+}

@@ -1,0 +1,223 @@
+//! The `kubelet-plugin` command line (argh) and its checks: every flag is
+//! validated before anything starts, so a mistake ends in one clear line.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use argh::FromArgs;
+use log::LevelFilter;
+use nix::unistd::{AccessFlags, access};
+
+use crate::{
+    error::{Error, Result},
+    health::POLL_INTERVAL,
+    plugin::{Injection, MAX_DEVICES, Plugin, crand::Crand, kvm::Kvm},
+    sim::validate,
+    supervisor::Config,
+};
+
+/// The plugins this binary has.
+pub const PLUGINS: &[&str] = &["crand", "kvm"];
+
+#[derive(FromArgs, Debug)]
+/// Kubernetes device plugins (crand, kvm) for the kubelet's v1beta1 API, with CDI.
+pub struct Cli {
+    /// print the version and exit
+    #[argh(switch)]
+    pub version: bool,
+    #[argh(subcommand)]
+    /// what to do
+    pub command: Option<Command>,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+/// The subcommands.
+pub enum Command {
+    /// Serve the plugins.
+    Run(RunArgs),
+    /// Write the CDI specs once.
+    Cdi(CdiArgs),
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "cdi")]
+/// Make the crand nodes and write the CDI specs of the chosen plugins, then exit.
+pub struct CdiArgs {
+    /// plugin to write the spec of, crand or kvm; repeat for both (default: both)
+    #[argh(option)]
+    pub plugin: Vec<String>,
+    /// where crand nodes are made and kvm is found
+    #[argh(option, default = "PathBuf::from(\"/dev\")")]
+    pub dev_dir: PathBuf,
+    /// where the CDI specs are written (default /etc/cdi)
+    #[argh(option, default = "PathBuf::from(\"/etc/cdi\")")]
+    pub cdi_dir: PathBuf,
+    /// number of crand devices (default 3)
+    #[argh(option, default = "3")]
+    pub crand_count: usize,
+    /// number of pods that may share /dev/kvm (default 1)
+    #[argh(option, default = "1")]
+    pub kvm_count: usize,
+    /// domain of the resource names and CDI kinds (default github.com.ihcsim)
+    #[argh(option, default = "String::from(\"github.com.ihcsim\")")]
+    pub resource_domain: String,
+    /// print the specs on stdout; make and write nothing
+    #[argh(switch)]
+    pub dry_run: bool,
+}
+
+impl CdiArgs {
+    /// Makes the nodes and writes the specs, or prints them with `--dry-run`.
+    pub fn run(&self) -> Result<()> {
+        let plugins = build_plugins(
+            &self.plugin,
+            &self.resource_domain,
+            &self.dev_dir,
+            self.crand_count,
+            self.kvm_count,
+        )?;
+        if self.dry_run {
+            for p in &plugins {
+                print!("{}", crate::cdi::render(p.as_ref()));
+            }
+            return Ok(());
+        }
+        writable_dir("--dev-dir", &self.dev_dir)?;
+        writable_dir("--cdi-dir", &self.cdi_dir)?;
+        for p in &plugins {
+            p.prepare()?;
+            let path = crate::cdi::write(&self.cdi_dir, p.as_ref())?;
+            println!("wrote {}", path.display());
+        }
+        Ok(())
+    }
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "run")]
+/// Serve the device plugins, register them with the kubelet and keep them registered.
+pub struct RunArgs {
+    /// plugin to run, crand or kvm; repeat for both (default: both)
+    #[argh(option)]
+    pub plugin: Vec<String>,
+    /// where kubelet.sock is and the plugin sockets go
+    #[argh(option, default = "PathBuf::from(\"/var/lib/kubelet/device-plugins\")")]
+    pub device_plugin_dir: PathBuf,
+    /// where crand nodes are made and watched and kvm is found
+    #[argh(option, default = "PathBuf::from(\"/dev\")")]
+    pub dev_dir: PathBuf,
+    /// where the CDI specs are written
+    #[argh(option, default = "PathBuf::from(\"/var/run/cdi\")")]
+    pub cdi_dir: PathBuf,
+    /// number of crand devices (default 3)
+    #[argh(option, default = "3")]
+    pub crand_count: usize,
+    /// number of pods that may share /dev/kvm (default 1)
+    #[argh(option, default = "1")]
+    pub kvm_count: usize,
+    /// domain of the resource names and CDI kinds (default github.com.ihcsim)
+    #[argh(option, default = "String::from(\"github.com.ihcsim\")")]
+    pub resource_domain: String,
+    /// what Allocate returns: cdi, device-spec or both (default both)
+    #[argh(option, default = "Injection::Both")]
+    pub device_injection: Injection,
+    /// error, warn, info, debug or trace (default info)
+    #[argh(option, default = "LevelFilter::Info", from_str_fn(parse_level))]
+    pub log_level: LevelFilter,
+}
+
+fn parse_level(s: &str) -> std::result::Result<LevelFilter, String> {
+    match s {
+        "error" => Ok(LevelFilter::Error),
+        "warn" => Ok(LevelFilter::Warn),
+        "info" => Ok(LevelFilter::Info),
+        "debug" => Ok(LevelFilter::Debug),
+        "trace" => Ok(LevelFilter::Trace),
+        _ => Err(format!("unknown log level {s:?}: use error, warn, info, debug or trace")),
+    }
+}
+
+/// Checks that `dir` is a directory this process can create files in.
+fn writable_dir(flag: &str, dir: &std::path::Path) -> Result<()> {
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| Error::Invalid(format!("{flag} {}: {e}", dir.display())))?;
+    if !meta.is_dir() {
+        return Err(Error::Invalid(format!("{flag} {}: not a directory", dir.display())));
+    }
+    access(dir, AccessFlags::W_OK | AccessFlags::X_OK).map_err(|e| {
+        Error::Invalid(format!("{flag} {}: not writable: {}", dir.display(), e.desc()))
+    })
+}
+
+fn count(flag: &str, n: usize) -> Result<usize> {
+    if n == 0 || n > MAX_DEVICES {
+        return Err(Error::Invalid(format!(
+            "{flag} {n}: must be between 1 and {MAX_DEVICES}"
+        )));
+    }
+    Ok(n)
+}
+
+/// The plugin names asked for, checked and without repeats; none means all.
+pub fn plugin_names(asked: &[String]) -> Result<Vec<&'static str>> {
+    if asked.is_empty() {
+        return Ok(PLUGINS.to_vec());
+    }
+    let mut names = Vec::new();
+    for p in asked {
+        let name = PLUGINS.iter().find(|n| **n == p).ok_or_else(|| {
+            Error::Invalid(format!("--plugin {p:?}: unknown plugin, use crand or kvm"))
+        })?;
+        if !names.contains(name) {
+            names.push(*name);
+        }
+    }
+    Ok(names)
+}
+
+/// Checks the plugin flags and builds the plugins.
+pub fn build_plugins(
+    asked: &[String],
+    domain: &str,
+    dev_dir: &std::path::Path,
+    crand_count: usize,
+    kvm_count: usize,
+) -> Result<Vec<Arc<dyn Plugin>>> {
+    let names = plugin_names(asked)?;
+    let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
+    for name in names {
+        validate::resource_name(&format!("{domain}/{name}"))
+            .map_err(|e| Error::Invalid(format!("--resource-domain {domain:?}: {e}")))?;
+        plugins.push(match name {
+            "crand" => Arc::new(Crand::new(domain, dev_dir, count("--crand-count", crand_count)?)?),
+            _ => Arc::new(Kvm::new(domain, dev_dir, count("--kvm-count", kvm_count)?)),
+        });
+    }
+    Ok(plugins)
+}
+
+impl RunArgs {
+    /// Checks every flag and the directories, and builds the supervisor's
+    /// configuration.
+    pub fn config(&self) -> Result<Config> {
+        let plugins = build_plugins(
+            &self.plugin,
+            &self.resource_domain,
+            &self.dev_dir,
+            self.crand_count,
+            self.kvm_count,
+        )?;
+        writable_dir("--device-plugin-dir", &self.device_plugin_dir)?;
+        writable_dir("--dev-dir", &self.dev_dir)?;
+        writable_dir("--cdi-dir", &self.cdi_dir)?;
+        Ok(Config {
+            plugins,
+            plugin_dir: self.device_plugin_dir.clone(),
+            cdi_dir: self.cdi_dir.clone(),
+            dev_dir: self.dev_dir.clone(),
+            injection: self.device_injection,
+            poll_interval: POLL_INTERVAL,
+            register_timeout: Duration::from_secs(15),
+        })
+    }
+}

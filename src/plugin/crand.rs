@@ -1,0 +1,85 @@
+//! The crand plugin: `crand0`..`crand{N-1}`, character nodes in the dev dir
+//! that clone the host's `/dev/random` (same major:minor).
+
+use std::path::{Path, PathBuf};
+
+use super::{DeviceNode, Plugin, parse_index};
+use crate::{
+    device::Device,
+    devnode::{self, NodeId},
+    error::Result,
+};
+
+/// The host node every crand device clones.
+pub const HOST_RANDOM: &str = "/dev/random";
+
+/// The crand plugin.
+#[derive(Debug)]
+pub struct Crand {
+    resource: String,
+    dev_dir: PathBuf,
+    count: usize,
+    id: NodeId,
+}
+
+impl Crand {
+    /// A crand plugin of `count` devices in `dev_dir`. Reads the number of
+    /// the host's `/dev/random` once: it is 1:8 on Linux, but read, not assumed.
+    pub fn new(domain: &str, dev_dir: &Path, count: usize) -> Result<Self> {
+        Ok(Crand {
+            resource: format!("{domain}/crand"),
+            dev_dir: dev_dir.to_path_buf(),
+            count,
+            id: devnode::host_node(Path::new(HOST_RANDOM))?,
+        })
+    }
+
+    fn node_of(&self, index: usize) -> DeviceNode {
+        let name = format!("crand{index}");
+        DeviceNode {
+            container_path: format!("/dev/{name}"),
+            host_path: self.dev_dir.join(&name),
+            cdi_name: name,
+            id: self.id,
+        }
+    }
+}
+
+impl Plugin for Crand {
+    fn name(&self) -> &'static str {
+        "crand"
+    }
+
+    fn resource(&self) -> &str {
+        &self.resource
+    }
+
+    fn prepare(&self) -> Result<()> {
+        for node in self.nodes() {
+            if devnode::ensure_char(&node.host_path, self.id)? {
+                log::debug!("made node={} id={}", node.host_path.display(), self.id);
+            }
+        }
+        Ok(())
+    }
+
+    fn probe(&self) -> Vec<Device> {
+        (0..self.count)
+            .map(|i| {
+                let node = self.node_of(i);
+                match devnode::check_char(&node.host_path, self.id) {
+                    Ok(()) => Device::healthy(node.cdi_name),
+                    Err(why) => Device::unhealthy(node.cdi_name, why),
+                }
+            })
+            .collect()
+    }
+
+    fn node(&self, id: &str) -> Option<DeviceNode> {
+        parse_index(id, "crand", self.count).map(|i| self.node_of(i))
+    }
+
+    fn nodes(&self) -> Vec<DeviceNode> {
+        (0..self.count).map(|i| self.node_of(i)).collect()
+    }
+}

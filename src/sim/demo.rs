@@ -1,0 +1,178 @@
+//! `kubelet-sim demo`: runs a device plugin binary against the simulator in
+//! a temp dir and narrates the whole life of a device plugin: registration,
+//! the device list, an allocation, a health change, a kubelet restart and a
+//! clean shutdown. Nothing outside the temp dir is touched, and the temp dir
+//! is removed at the end.
+
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::fs::FileTypeExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use super::Sim;
+
+const STEP: Duration = Duration::from_secs(10);
+
+/// Where the demo keeps its dirs; removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A plugin process, killed if the demo fails half way.
+struct Plugin(Child);
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn say(line: &str) {
+    println!("demo  | {line}");
+}
+
+fn table(devices: &[(String, String)]) {
+    for (id, health) in devices {
+        println!("demo  |     {id:<10} {health}");
+    }
+}
+
+fn mknod_like(src: &Path, dst: &Path) -> Result<(), String> {
+    use nix::sys::stat::{Mode, SFlag, mknod, stat};
+    let st = stat(src).map_err(|e| format!("stat {}: {e}", src.display()))?;
+    mknod(dst, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), st.st_rdev)
+        .map_err(|e| format!("mknod {}: {e}", dst.display()))
+}
+
+/// Runs the demo with the plugin binary at `plugin_bin`.
+pub fn run(plugin_bin: &Path) -> Result<(), String> {
+    let base = std::env::temp_dir().join(format!("kubelet-plugin-demo-{}", std::process::id()));
+    let tmp = TempDir(base.clone());
+    let (plugin_dir, dev_dir, cdi_dir) = (base.join("device-plugins"), base.join("dev"), base.join("cdi"));
+    for d in [&plugin_dir, &dev_dir, &cdi_dir] {
+        std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
+    }
+    say(&format!("temp dir {}", tmp.0.display()));
+
+    let mut sim = Sim::start(&plugin_dir)?;
+    say(&format!("kubelet-sim serving {}", sim.socket().display()));
+
+    // kvm is shown only where the host has /dev/kvm to clone.
+    let with_kvm = Path::new("/dev/kvm").exists() && mknod_like(Path::new("/dev/kvm"), &dev_dir.join("kvm")).is_ok();
+    let mut cmd = Command::new(plugin_bin);
+    cmd.arg("run").arg("--plugin").arg("crand");
+    if with_kvm {
+        cmd.arg("--plugin").arg("kvm");
+    }
+    cmd.arg("--device-plugin-dir").arg(&plugin_dir)
+        .arg("--dev-dir").arg(&dev_dir)
+        .arg("--cdi-dir").arg(&cdi_dir)
+        .stderr(Stdio::piped());
+    say(&format!("starting {}", plugin_bin.display()));
+    let started = Instant::now();
+    let mut plugin = Plugin(cmd.spawn().map_err(|e| format!("cannot start {}: {e}", plugin_bin.display()))?);
+    let stderr = plugin.0.stderr.take().expect("stderr is piped");
+    std::thread::Builder::new()
+        .name("demo-log".into())
+        .spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                println!("plugin| {line}");
+            }
+        })
+        .map_err(|e| e.to_string())?;
+
+    let crand = "github.com.ihcsim/crand";
+    let req = sim.wait_registered(crand, STEP)?;
+    say(&format!(
+        "registered {} version={} endpoint={} after {} ms",
+        req.resource_name,
+        req.version,
+        req.endpoint,
+        started.elapsed().as_millis()
+    ));
+    let devices = sim.wait_devices(crand, STEP, |_| true)?;
+    say(&format!("device list of {crand}:"));
+    table(&devices);
+    if with_kvm {
+        sim.wait_registered("github.com.ihcsim/kvm", STEP)?;
+        let devices = sim.wait_devices("github.com.ihcsim/kvm", STEP, |_| true)?;
+        say("device list of github.com.ihcsim/kvm:");
+        table(&devices);
+    }
+
+    let (ids, resp) = sim.allocate_healthy(crand, 2)?;
+    say(&format!("allocate {} -> {}", crand, ids.join(",")));
+    for c in &resp.container_responses {
+        for cdi in &c.cdi_devices {
+            say(&format!("    CDI device   {}", cdi.name));
+        }
+        for spec in &c.devices {
+            let kind = std::fs::symlink_metadata(&spec.host_path)
+                .map(|m| if m.file_type().is_char_device() { "char device" } else { "not a char device" })
+                .unwrap_or("missing");
+            say(&format!(
+                "    device spec  {} -> {} ({}, {kind})",
+                spec.host_path, spec.container_path, spec.permissions
+            ));
+        }
+    }
+    let bad = sim.allocate(crand, &["crand99".to_string()]);
+    say(&format!("allocate crand99 -> {}", bad.err().unwrap_or_else(|| "accepted?!".into())));
+
+    let node = dev_dir.join("crand1");
+    std::fs::remove_file(&node).map_err(|e| format!("remove {}: {e}", node.display()))?;
+    let t = Instant::now();
+    say(&format!("health change: removed {}", node.display()));
+    let devices = sim.wait_devices(crand, STEP, |d| d.iter().any(|(id, h)| id == "crand1" && h == "Unhealthy"))?;
+    say(&format!("device list after {:.1} ms:", t.elapsed().as_secs_f64() * 1000.0));
+    table(&devices);
+    mknod_like(Path::new("/dev/random"), &node)?;
+    let t = Instant::now();
+    say(&format!("health change: recreated {}", node.display()));
+    let devices = sim.wait_devices(crand, STEP, |d| d.iter().all(|(_, h)| h == "Healthy"))?;
+    say(&format!("device list after {:.1} ms:", t.elapsed().as_secs_f64() * 1000.0));
+    table(&devices);
+
+    say("kubelet restart: every socket deleted, kubelet.sock made anew");
+    let t = Instant::now();
+    sim.restart()?;
+    sim.wait_registered(crand, STEP)?;
+    say(&format!("registered again after {:.1} ms", t.elapsed().as_secs_f64() * 1000.0));
+    let devices = sim.wait_devices(crand, STEP, |_| true)?;
+    say("device list after the restart:");
+    table(&devices);
+
+    say("stopping the plugin with SIGTERM");
+    let t = Instant::now();
+    let pid = nix::unistd::Pid::from_raw(plugin.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).map_err(|e| e.to_string())?;
+    let status = plugin.0.wait().map_err(|e| e.to_string())?;
+    let left: Vec<String> = std::fs::read_dir(&plugin_dir)
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "kubelet.sock")
+        .collect();
+    say(&format!(
+        "plugin exited with {status} after {} ms; its sockets left behind: {}",
+        t.elapsed().as_millis(),
+        if left.is_empty() { "none".to_string() } else { left.join(",") }
+    ));
+    drop(sim);
+    drop(tmp);
+    say("temp dir removed; done");
+    if !status.success() || !left.is_empty() {
+        return Err("the plugin did not shut down cleanly".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! The kubelet's checks of a RegisterRequest, in the kubelet's order and
+//! with its error texts: version, extended resource name, endpoint.
+
+/// The versions the kubelet accepts.
+pub const SUPPORTED_VERSIONS: &[&str] = &["v1beta1"];
+
+/// Checks `version` exactly (case-sensitive) against [`SUPPORTED_VERSIONS`].
+pub fn version(version: &str) -> Result<(), String> {
+    if SUPPORTED_VERSIONS.contains(&version) {
+        return Ok(());
+    }
+    Err(format!(
+        "requested API version {version:?} is not supported by kubelet. Supported version is {:?}",
+        SUPPORTED_VERSIONS
+    ))
+}
+
+fn dns_label(label: &str) -> bool {
+    let b = label.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+}
+
+/// Whether `s` is a DNS-1123 subdomain: lowercase labels joined by dots,
+/// at most 253 characters.
+pub fn dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(dns_label)
+}
+
+fn qualified_name_part(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// The kubelet's extended resource name rule: a `/`, nothing in the
+/// `kubernetes.io/` namespace, no `requests.` prefix, and
+/// `requests.<name>` a qualified name (a DNS subdomain prefix and a name
+/// part of at most 63 characters).
+pub fn resource_name(name: &str) -> Result<(), String> {
+    let invalid = || Err(format!("the ResourceName {name:?} is invalid"));
+    if !name.contains('/') || name.contains("kubernetes.io/") || name.starts_with("requests.") {
+        return invalid();
+    }
+    let qualified = format!("requests.{name}");
+    let mut parts = qualified.split('/');
+    let (Some(prefix), Some(part), None) = (parts.next(), parts.next(), parts.next()) else {
+        return invalid();
+    };
+    if !dns_subdomain(prefix) || !qualified_name_part(part) {
+        return invalid();
+    }
+    Ok(())
+}
+
+/// The kubelet joins the endpoint onto its own dir; only a bare socket file
+/// name reaches the plugin's socket, so anything else is refused here.
+pub fn endpoint(endpoint: &str) -> Result<(), String> {
+    if endpoint.is_empty() || endpoint.contains('/') || endpoint == "." || endpoint == ".." {
+        return Err(format!(
+            "invalid endpoint {endpoint:?}: must be a socket file name in the device plugin directory"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_resource_names_like_the_kubelet() {
+        for good in ["example.com/foo", "nvidia.com/gpu", "intel.com/intel_sriov_netdevice", "example.com/FOO", "github.com.ihcsim/crand"] {
+            assert!(resource_name(good).is_ok(), "{good}");
+        }
+        for bad in ["gpu", "Example.com/foo", "example.com/", "example.com/-x", "a/b/c", "requests.example.com/x", "kubernetes.io/x", "foo.kubernetes.io/x"] {
+            assert_eq!(resource_name(bad).unwrap_err(), format!("the ResourceName {bad:?} is invalid"));
+        }
+        let long = format!("{}.com/x", "a".repeat(241));
+        assert!(resource_name(&long).is_err(), "prefix over 253 with requests.");
+    }
+
+    #[test]
+    fn test_version_and_endpoint() {
+        assert!(version("v1beta1").is_ok());
+        assert_eq!(
+            version("v1").unwrap_err(),
+            "requested API version \"v1\" is not supported by kubelet. Supported version is [\"v1beta1\"]"
+        );
+        assert!(endpoint("crand.sock").is_ok());
+        assert!(endpoint("/abs/crand.sock").is_err());
+        assert!(endpoint("").is_err());
+    }
+}

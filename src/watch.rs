@@ -1,0 +1,155 @@
+//! A watch cell: holds the latest value and lets any number of streams
+//! follow it. A stream yields the current value at once, then only the
+//! newest value after each change (updates in between are skipped: the
+//! kubelet needs the latest full list, not every list), and ends when the
+//! cell is closed.
+//!
+//! This is how one device snapshot feeds every open ListAndWatch stream
+//! without a thread per stream: the streams run as futures on grpcio's
+//! poll thread, and publishing only swaps the value and wakes them.
+
+use std::{
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard},
+    task::{Context, Poll, Waker},
+};
+
+use futures_util::Stream;
+
+/// The cell; share it with `Arc`.
+#[derive(Debug)]
+pub struct Watch<T> {
+    inner: Mutex<Inner<T>>,
+}
+
+#[derive(Debug)]
+struct Inner<T> {
+    value: Arc<T>,
+    version: u64,
+    closed: bool,
+    next_id: u64,
+    // One waker per waiting stream, replaced on each poll, so the list is
+    // bounded by the number of streams.
+    wakers: Vec<(u64, Waker)>,
+}
+
+impl<T> Watch<T> {
+    /// A cell holding `value`.
+    pub fn new(value: T) -> Arc<Self> {
+        Arc::new(Watch {
+            inner: Mutex::new(Inner {
+                value: Arc::new(value),
+                version: 1,
+                closed: false,
+                next_id: 0,
+                wakers: Vec::new(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
+        self.inner.lock().expect("watch lock poisoned")
+    }
+
+    /// Replaces the value and wakes every stream.
+    pub fn publish(&self, value: T) {
+        let wakers = {
+            let mut inner = self.lock();
+            inner.value = Arc::new(value);
+            inner.version += 1;
+            std::mem::take(&mut inner.wakers)
+        };
+        wakers.into_iter().for_each(|(_, w)| w.wake());
+    }
+
+    /// Ends every stream, now and later.
+    pub fn close(&self) {
+        let wakers = {
+            let mut inner = self.lock();
+            inner.closed = true;
+            std::mem::take(&mut inner.wakers)
+        };
+        wakers.into_iter().for_each(|(_, w)| w.wake());
+    }
+
+    /// The current value.
+    pub fn get(&self) -> Arc<T> {
+        self.lock().value.clone()
+    }
+
+    /// A stream that yields the current value first.
+    pub fn subscribe(self: &Arc<Self>) -> Subscriber<T> {
+        let mut inner = self.lock();
+        inner.next_id += 1;
+        Subscriber {
+            cell: self.clone(),
+            id: inner.next_id,
+            seen: 0,
+        }
+    }
+}
+
+/// A stream of a [`Watch`]'s values.
+#[derive(Debug)]
+pub struct Subscriber<T> {
+    cell: Arc<Watch<T>>,
+    id: u64,
+    seen: u64,
+}
+
+impl<T> Stream for Subscriber<T> {
+    type Item = Arc<T>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Arc<T>>> {
+        let this = self.get_mut();
+        let mut inner = this.cell.lock();
+        if inner.closed {
+            return Poll::Ready(None);
+        }
+        if inner.version != this.seen {
+            this.seen = inner.version;
+            return Poll::Ready(Some(inner.value.clone()));
+        }
+        let id = this.id;
+        inner.wakers.retain(|(i, _)| *i != id);
+        inner.wakers.push((id, cx.waker().clone()));
+        Poll::Pending
+    }
+}
+
+impl<T> Drop for Subscriber<T> {
+    fn drop(&mut self) {
+        let id = self.id;
+        self.cell.lock().wakers.retain(|(i, _)| *i != id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::{FutureExt, StreamExt};
+
+    #[test]
+    fn test_stream_yields_current_then_latest_then_ends() {
+        let cell = Watch::new(1);
+        let mut s = cell.subscribe();
+        assert_eq!(*s.next().now_or_never().unwrap().unwrap(), 1);
+        assert!(s.next().now_or_never().is_none(), "nothing new yet");
+        cell.publish(2);
+        cell.publish(3);
+        assert_eq!(*s.next().now_or_never().unwrap().unwrap(), 3);
+        cell.close();
+        assert_eq!(s.next().now_or_never().unwrap(), None);
+    }
+
+    #[test]
+    fn test_dropped_streams_leave_no_wakers() {
+        let cell = Watch::new(0);
+        for _ in 0..100 {
+            let mut s = cell.subscribe();
+            s.next().now_or_never();
+            assert!(s.next().now_or_never().is_none());
+        }
+        assert!(cell.lock().wakers.is_empty());
+    }
+}
