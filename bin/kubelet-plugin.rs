@@ -51,7 +51,9 @@ fn main() -> ExitCode {
         .spawn(move || Supervisor::new(config).and_then(Supervisor::run));
     let result = match supervisor {
         Ok(handle) => handle.join().unwrap_or_else(|_| {
-            Err(kubelet_plugin::error::Error::Invalid("supervisor panicked".into()))
+            Err(kubelet_plugin::error::Error::Invalid(
+                "supervisor panicked".into(),
+            ))
         }),
         Err(e) => return fail(&format!("cannot start the supervisor thread: {e}")),
     };

@@ -52,23 +52,40 @@ fn fail(msg: &str) -> ExitCode {
 fn print_event(start: Instant, ev: &SimEvent) {
     let ms = |at: &Instant| at.duration_since(start).as_secs_f64() * 1000.0;
     match ev {
-        SimEvent::Registered { request, options, at } => println!(
+        SimEvent::Registered {
+            request,
+            options,
+            at,
+        } => println!(
             "[{:>9.1} ms] registered resource={} endpoint={} version={} preferred_allocation={} pre_start={}",
-            ms(at), request.resource_name, request.endpoint, request.version,
-            options.get_preferred_allocation_available, options.pre_start_required
+            ms(at),
+            request.resource_name,
+            request.endpoint,
+            request.version,
+            options.get_preferred_allocation_available,
+            options.pre_start_required
         ),
         SimEvent::Rejected { request, error, at } => println!(
             "[{:>9.1} ms] rejected resource={} endpoint={}: {error}",
-            ms(at), request.resource_name, request.endpoint
+            ms(at),
+            request.resource_name,
+            request.endpoint
         ),
-        SimEvent::Devices { resource, devices, at } => {
+        SimEvent::Devices {
+            resource,
+            devices,
+            at,
+        } => {
             println!("[{:>9.1} ms] devices of {resource}:", ms(at));
             for (id, health) in devices {
                 println!("                 {id:<12} {health}");
             }
         }
         SimEvent::StreamEnded { resource, at } => {
-            println!("[{:>9.1} ms] ListAndWatch ended resource={resource}", ms(at))
+            println!(
+                "[{:>9.1} ms] ListAndWatch ended resource={resource}",
+                ms(at)
+            )
         }
     }
 }
@@ -80,7 +97,10 @@ fn command(sim: &mut Sim, line: &str) -> Result<bool, String> {
         ["quit"] => return Ok(false),
         ["restart"] => {
             sim.restart()?;
-            println!("restarted: sockets deleted, {} made anew", sim.socket().display());
+            println!(
+                "restarted: sockets deleted, {} made anew",
+                sim.socket().display()
+            );
         }
         ["devices"] => println!("use the device lists printed above"),
         ["allocate", resource, n] => {
@@ -92,11 +112,18 @@ fn command(sim: &mut Sim, line: &str) -> Result<bool, String> {
                     println!("    cdi {}", cdi.name);
                 }
                 for d in &c.devices {
-                    println!("    device {} -> {} ({})", d.host_path, d.container_path, d.permissions);
+                    println!(
+                        "    device {} -> {} ({})",
+                        d.host_path, d.container_path, d.permissions
+                    );
                 }
             }
         }
-        _ => return Err(format!("unknown command {line:?}: allocate RESOURCE N | restart | quit")),
+        _ => {
+            return Err(format!(
+                "unknown command {line:?}: allocate RESOURCE N | restart | quit"
+            ));
+        }
     }
     Ok(true)
 }
@@ -134,7 +161,9 @@ fn main() -> ExitCode {
         Some(Cmd::Serve(args)) => serve(args),
         Some(Cmd::Demo(args)) => {
             let bin = args.plugin_bin.or_else(|| {
-                std::env::current_exe().ok().map(|p| p.with_file_name("kubelet-plugin"))
+                std::env::current_exe()
+                    .ok()
+                    .map(|p| p.with_file_name("kubelet-plugin"))
             });
             match bin {
                 Some(bin) => demo::run(&bin),

@@ -50,7 +50,10 @@ fn main() {
     let mut mod_rs = String::new();
     for name in ["api", "api_grpc"] {
         let path = out.join(format!("{name}.rs"));
-        mod_rs += &format!("#[path = {:?}]\npub mod {name};\n", path.display().to_string());
+        mod_rs += &format!(
+            "#[path = {:?}]\npub mod {name};\n",
+            path.display().to_string()
+        );
     }
     fs::write(out.join("mod.rs"), mod_rs).expect("write mod.rs");
 }

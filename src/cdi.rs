@@ -34,7 +34,13 @@ pub fn file_name(plugin: &dyn Plugin) -> String {
 pub fn env_name(cdi_name: &str) -> String {
     let name: String = cdi_name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("CDI_DEVICE_{name}")
 }

@@ -133,7 +133,9 @@ fn parse_level(s: &str) -> std::result::Result<LevelFilter, String> {
         "info" => Ok(LevelFilter::Info),
         "debug" => Ok(LevelFilter::Debug),
         "trace" => Ok(LevelFilter::Trace),
-        _ => Err(format!("unknown log level {s:?}: use error, warn, info, debug or trace")),
+        _ => Err(format!(
+            "unknown log level {s:?}: use error, warn, info, debug or trace"
+        )),
     }
 }
 
@@ -142,10 +144,17 @@ fn writable_dir(flag: &str, dir: &std::path::Path) -> Result<()> {
     let meta = std::fs::metadata(dir)
         .map_err(|e| Error::Invalid(format!("{flag} {}: {e}", dir.display())))?;
     if !meta.is_dir() {
-        return Err(Error::Invalid(format!("{flag} {}: not a directory", dir.display())));
+        return Err(Error::Invalid(format!(
+            "{flag} {}: not a directory",
+            dir.display()
+        )));
     }
     access(dir, AccessFlags::W_OK | AccessFlags::X_OK).map_err(|e| {
-        Error::Invalid(format!("{flag} {}: not writable: {}", dir.display(), e.desc()))
+        Error::Invalid(format!(
+            "{flag} {}: not writable: {}",
+            dir.display(),
+            e.desc()
+        ))
     })
 }
 
@@ -189,7 +198,11 @@ pub fn build_plugins(
         validate::resource_name(&format!("{domain}/{name}"))
             .map_err(|e| Error::Invalid(format!("--resource-domain {domain:?}: {e}")))?;
         plugins.push(match name {
-            "crand" => Arc::new(Crand::new(domain, dev_dir, count("--crand-count", crand_count)?)?),
+            "crand" => Arc::new(Crand::new(
+                domain,
+                dev_dir,
+                count("--crand-count", crand_count)?,
+            )?),
             _ => Arc::new(Kvm::new(domain, dev_dir, count("--kvm-count", kvm_count)?)),
         });
     }

@@ -87,8 +87,13 @@ pub fn ensure_char(path: &Path, id: NodeId) -> Result<bool> {
         Err(e) => return Err(Error::io("stat device node", path, e)),
     }
     let mode = Mode::from_bits_truncate(0o666);
-    stat::mknod(path, SFlag::S_IFCHR, mode, stat::makedev(id.major, id.minor))
-        .map_err(|e| Error::io("create device node", path, e))?;
+    stat::mknod(
+        path,
+        SFlag::S_IFCHR,
+        mode,
+        stat::makedev(id.major, id.minor),
+    )
+    .map_err(|e| Error::io("create device node", path, e))?;
     // mknod applies the umask; give the node the mode it is meant to have.
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .map_err(|e| Error::io("set mode of device node", path, e))?;

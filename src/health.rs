@@ -42,7 +42,12 @@ pub fn run(
             }
             for d in diff {
                 if d.reason.is_empty() {
-                    log::info!("health resource={} device={} {}", plugin.resource(), d.id, d.health);
+                    log::info!(
+                        "health resource={} device={} {}",
+                        plugin.resource(),
+                        d.id,
+                        d.health
+                    );
                 } else {
                     log::info!(
                         "health resource={} device={} {} reason=\"{}\"",
@@ -54,7 +59,13 @@ pub fn run(
                 }
             }
             last[i] = now.clone();
-            if events.send(Event::Health { plugin: i, devices: now }).is_err() {
+            if events
+                .send(Event::Health {
+                    plugin: i,
+                    devices: now,
+                })
+                .is_err()
+            {
                 return Ok(());
             }
         }

@@ -3,7 +3,9 @@
 //! identifies a socket file by device and inode, so a recreated
 //! `kubelet.sock` (a kubelet restart) is told apart from the old one.
 
-use std::{os::unix::fs::FileTypeExt, os::unix::fs::MetadataExt, path::Path, sync::Arc, time::Duration};
+use std::{
+    os::unix::fs::FileTypeExt, os::unix::fs::MetadataExt, path::Path, sync::Arc, time::Duration,
+};
 
 use futures_util::future::{AbortHandle, Aborted, abortable};
 use grpcio::{CallOption, ChannelBuilder, Environment};
@@ -73,7 +75,10 @@ pub fn register_async(
             source,
         })?;
     let (call, handle) = abortable(call);
+    // The call dies with its channel: keep the client until the answer.
+    let keep = client.clone();
     client.spawn(async move {
+        let _client = keep;
         match call.await {
             Ok(Ok(_)) => done(Ok(())),
             Ok(Err(e)) => done(Err(e.to_string())),

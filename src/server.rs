@@ -75,7 +75,10 @@ impl Service {
         }
     }
 
-    fn allocate_one(&self, ids: &[String]) -> std::result::Result<api::ContainerAllocateResponse, AllocError> {
+    fn allocate_one(
+        &self,
+        ids: &[String],
+    ) -> std::result::Result<api::ContainerAllocateResponse, AllocError> {
         let devices = self.devices.get();
         let alloc = plugin::allocate(self.plugin.as_ref(), &devices, ids, self.injection)?;
         let mut resp = api::ContainerAllocateResponse::new();
@@ -102,7 +105,11 @@ impl Service {
     }
 }
 
-fn reply<T: Send + 'static>(ctx: &RpcContext, sink: UnarySink<T>, result: std::result::Result<T, RpcStatus>) {
+fn reply<T: Send + 'static>(
+    ctx: &RpcContext,
+    sink: UnarySink<T>,
+    result: std::result::Result<T, RpcStatus>,
+) {
     let done = match result {
         Ok(resp) => sink.success(resp),
         Err(status) => sink.fail(status),
@@ -135,7 +142,10 @@ impl api_grpc::DevicePlugin for Service {
         (self.on_stream)(StreamChange::Opened);
         let on_stream = self.on_stream.clone();
         let mut updates = self.devices.subscribe().map(move |devices| {
-            let healthy = devices.iter().filter(|d| d.health.as_str() == "Healthy").count();
+            let healthy = devices
+                .iter()
+                .filter(|d| d.health.as_str() == "Healthy")
+                .count();
             log::info!(
                 "device list sent resource={resource} devices={} healthy={healthy}",
                 devices.len()
@@ -203,7 +213,10 @@ impl api_grpc::DevicePlugin for Service {
             }
             Err(msg) => {
                 log::warn!("allocate refused resource={resource}: {msg}");
-                Err(RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, msg))
+                Err(RpcStatus::with_message(
+                    RpcStatusCode::INVALID_ARGUMENT,
+                    msg,
+                ))
             }
         };
         reply(&ctx, sink, result);
@@ -242,7 +255,11 @@ fn preferred(
 ) -> api::ContainerPreferredAllocationResponse {
     let size = usize::try_from(req.allocation_size).unwrap_or(0);
     let mut ids: Vec<String> = Vec::with_capacity(size);
-    for id in req.must_include_deviceIDs.iter().chain(&req.available_deviceIDs) {
+    for id in req
+        .must_include_deviceIDs
+        .iter()
+        .chain(&req.available_deviceIDs)
+    {
         if ids.len() == size {
             break;
         }
@@ -287,7 +304,10 @@ pub fn serve(env: Arc<Environment>, service: Service, path: &Path) -> Result<Ser
     // Sockets are made 0777 minus the umask and grpcio has no mode option:
     // narrow the umask around the bind so only root can connect.
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = server.add_listening_port(format!("unix:{}", path.display()), ServerCredentials::insecure());
+    let bound = server.add_listening_port(
+        format!("unix:{}", path.display()),
+        ServerCredentials::insecure(),
+    );
     nix::sys::stat::umask(old);
     bound.map_err(|source| Error::Grpc {
         op: format!("bind plugin socket {}", path.display()),

@@ -26,7 +26,16 @@ pub fn spawn(events: Sender<Event>) -> Result<(Handle, std::thread::JoinHandle<(
             } else {
                 SignalAction::Shutdown
             };
-            log::info!("signal {} received", if sig == SIGHUP { "SIGHUP" } else if sig == SIGINT { "SIGINT" } else { "SIGTERM" });
+            log::info!(
+                "signal {} received",
+                if sig == SIGHUP {
+                    "SIGHUP"
+                } else if sig == SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                }
+            );
             if tx.send(Event::Signal(action)).is_err() {
                 break;
             }

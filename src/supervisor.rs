@@ -19,7 +19,7 @@ use std::{
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 use futures_util::future::AbortHandle;
-use grpcio::{Environment, EnvBuilder, Server};
+use grpcio::{EnvBuilder, Environment, Server};
 
 use crate::{
     cdi,
@@ -133,13 +133,25 @@ impl Supervisor {
     pub fn new(cfg: Config) -> Result<Self> {
         let mut slots = Vec::new();
         for plugin in &cfg.plugins {
+            let socket = server::socket_path(&cfg.plugin_dir, plugin.as_ref());
+            // Binding would silently take the socket from a live instance.
+            if server::socket_answers(&socket) {
+                return Err(Error::Invalid(format!(
+                    "another process is serving on {}: refusing to take its socket",
+                    socket.display()
+                )));
+            }
             plugin.prepare()?;
             // Before any Register: the kubelet may hand our CDI names to the
             // runtime at once, and they must resolve.
             let spec = cdi::write(&cfg.cdi_dir, plugin.as_ref())?;
-            log::info!("CDI spec written resource={} path={}", plugin.resource(), spec.display());
+            log::info!(
+                "CDI spec written resource={} path={}",
+                plugin.resource(),
+                spec.display()
+            );
             slots.push(Slot {
-                socket: server::socket_path(&cfg.plugin_dir, plugin.as_ref()),
+                socket,
                 devices: plugin.probe(),
                 plugin: plugin.clone(),
                 generation: 0,
@@ -309,9 +321,15 @@ impl Supervisor {
             return;
         }
         if slot.kubelet.is_some() && slot.kubelet != kubelet {
-            log::info!("kubelet restarted; registering again resource={}", slot.resource());
+            log::info!(
+                "kubelet restarted; registering again resource={}",
+                slot.resource()
+            );
         } else if slot.kubelet.is_some() && !own_ok {
-            log::info!("own socket removed; serving again resource={}", slot.resource());
+            log::info!(
+                "own socket removed; serving again resource={}",
+                slot.resource()
+            );
         }
         slot.teardown();
         slot.kubelet = kubelet;
@@ -345,7 +363,10 @@ impl Supervisor {
         );
         let server = server::serve(self.env.clone(), service, &slot.socket)?;
         let socket = kubelet::socket_id(&slot.socket).ok_or_else(|| {
-            Error::Invalid(format!("socket {} vanished after bind", slot.socket.display()))
+            Error::Invalid(format!(
+                "socket {} vanished after bind",
+                slot.socket.display()
+            ))
         })?;
         slot.live = Some(Live {
             server,
@@ -382,7 +403,11 @@ impl Supervisor {
         match sent {
             Ok(handle) => slot.in_flight = Some(handle),
             Err(e) => {
-                log::warn!("register failed resource={}: {}", slot.resource(), chain(&e));
+                log::warn!(
+                    "register failed resource={}: {}",
+                    slot.resource(),
+                    chain(&e)
+                );
                 self.backoff(i);
             }
         }

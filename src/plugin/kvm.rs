@@ -1,10 +1,7 @@
 //! The kvm plugin: `kvm0`..`kvm{N-1}`, slots that let N pods share the one
 //! `<dev-dir>/kvm` node.
 
-use std::{
-    fs::OpenOptions,
-    path::Path,
-};
+use std::{fs::OpenOptions, path::Path};
 
 use super::{DeviceNode, Plugin, parse_index};
 use crate::{

@@ -186,7 +186,9 @@ mod tests {
     fn test_parse_index_accepts_only_canonical_ids() {
         assert_eq!(parse_index("crand0", "crand", 3), Some(0));
         assert_eq!(parse_index("crand2", "crand", 3), Some(2));
-        for bad in ["crand3", "crand", "crand01", "crand-1", "crand+1", "kvm0", "crand1x"] {
+        for bad in [
+            "crand3", "crand", "crand01", "crand-1", "crand+1", "kvm0", "crand1x",
+        ] {
             assert_eq!(parse_index(bad, "crand", 3), None, "{bad}");
         }
     }
@@ -194,8 +196,16 @@ mod tests {
     #[test]
     fn test_injection_parses_the_three_modes() {
         assert_eq!("cdi".parse::<Injection>().unwrap(), Injection::Cdi);
-        assert_eq!("device-spec".parse::<Injection>().unwrap(), Injection::DeviceSpec);
+        assert_eq!(
+            "device-spec".parse::<Injection>().unwrap(),
+            Injection::DeviceSpec
+        );
         assert_eq!("both".parse::<Injection>().unwrap(), Injection::Both);
-        assert!("all".parse::<Injection>().unwrap_err().contains("cdi, device-spec or both"));
+        assert!(
+            "all"
+                .parse::<Injection>()
+                .unwrap_err()
+                .contains("cdi, device-spec or both")
+        );
     }
 }

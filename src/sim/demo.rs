@@ -50,15 +50,24 @@ fn table(devices: &[(String, String)]) {
 fn mknod_like(src: &Path, dst: &Path) -> Result<(), String> {
     use nix::sys::stat::{Mode, SFlag, mknod, stat};
     let st = stat(src).map_err(|e| format!("stat {}: {e}", src.display()))?;
-    mknod(dst, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), st.st_rdev)
-        .map_err(|e| format!("mknod {}: {e}", dst.display()))
+    mknod(
+        dst,
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o666),
+        st.st_rdev,
+    )
+    .map_err(|e| format!("mknod {}: {e}", dst.display()))
 }
 
 /// Runs the demo with the plugin binary at `plugin_bin`.
 pub fn run(plugin_bin: &Path) -> Result<(), String> {
     let base = std::env::temp_dir().join(format!("kubelet-plugin-demo-{}", std::process::id()));
     let tmp = TempDir(base.clone());
-    let (plugin_dir, dev_dir, cdi_dir) = (base.join("device-plugins"), base.join("dev"), base.join("cdi"));
+    let (plugin_dir, dev_dir, cdi_dir) = (
+        base.join("device-plugins"),
+        base.join("dev"),
+        base.join("cdi"),
+    );
     for d in [&plugin_dir, &dev_dir, &cdi_dir] {
         std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
     }
@@ -68,19 +77,26 @@ pub fn run(plugin_bin: &Path) -> Result<(), String> {
     say(&format!("kubelet-sim serving {}", sim.socket().display()));
 
     // kvm is shown only where the host has /dev/kvm to clone.
-    let with_kvm = Path::new("/dev/kvm").exists() && mknod_like(Path::new("/dev/kvm"), &dev_dir.join("kvm")).is_ok();
+    let with_kvm = Path::new("/dev/kvm").exists()
+        && mknod_like(Path::new("/dev/kvm"), &dev_dir.join("kvm")).is_ok();
     let mut cmd = Command::new(plugin_bin);
     cmd.arg("run").arg("--plugin").arg("crand");
     if with_kvm {
         cmd.arg("--plugin").arg("kvm");
     }
-    cmd.arg("--device-plugin-dir").arg(&plugin_dir)
-        .arg("--dev-dir").arg(&dev_dir)
-        .arg("--cdi-dir").arg(&cdi_dir)
+    cmd.arg("--device-plugin-dir")
+        .arg(&plugin_dir)
+        .arg("--dev-dir")
+        .arg(&dev_dir)
+        .arg("--cdi-dir")
+        .arg(&cdi_dir)
         .stderr(Stdio::piped());
     say(&format!("starting {}", plugin_bin.display()));
     let started = Instant::now();
-    let mut plugin = Plugin(cmd.spawn().map_err(|e| format!("cannot start {}: {e}", plugin_bin.display()))?);
+    let mut plugin = Plugin(
+        cmd.spawn()
+            .map_err(|e| format!("cannot start {}: {e}", plugin_bin.display()))?,
+    );
     let stderr = plugin.0.stderr.take().expect("stderr is piped");
     std::thread::Builder::new()
         .name("demo-log".into())
@@ -118,7 +134,13 @@ pub fn run(plugin_bin: &Path) -> Result<(), String> {
         }
         for spec in &c.devices {
             let kind = std::fs::symlink_metadata(&spec.host_path)
-                .map(|m| if m.file_type().is_char_device() { "char device" } else { "not a char device" })
+                .map(|m| {
+                    if m.file_type().is_char_device() {
+                        "char device"
+                    } else {
+                        "not a char device"
+                    }
+                })
                 .unwrap_or("missing");
             say(&format!(
                 "    device spec  {} -> {} ({}, {kind})",
@@ -127,27 +149,41 @@ pub fn run(plugin_bin: &Path) -> Result<(), String> {
         }
     }
     let bad = sim.allocate(crand, &["crand99".to_string()]);
-    say(&format!("allocate crand99 -> {}", bad.err().unwrap_or_else(|| "accepted?!".into())));
+    say(&format!(
+        "allocate crand99 -> {}",
+        bad.err().unwrap_or_else(|| "accepted?!".into())
+    ));
 
     let node = dev_dir.join("crand1");
     std::fs::remove_file(&node).map_err(|e| format!("remove {}: {e}", node.display()))?;
     let t = Instant::now();
     say(&format!("health change: removed {}", node.display()));
-    let devices = sim.wait_devices(crand, STEP, |d| d.iter().any(|(id, h)| id == "crand1" && h == "Unhealthy"))?;
-    say(&format!("device list after {:.1} ms:", t.elapsed().as_secs_f64() * 1000.0));
+    let devices = sim.wait_devices(crand, STEP, |d| {
+        d.iter().any(|(id, h)| id == "crand1" && h == "Unhealthy")
+    })?;
+    say(&format!(
+        "device list after {:.1} ms:",
+        t.elapsed().as_secs_f64() * 1000.0
+    ));
     table(&devices);
     mknod_like(Path::new("/dev/random"), &node)?;
     let t = Instant::now();
     say(&format!("health change: recreated {}", node.display()));
     let devices = sim.wait_devices(crand, STEP, |d| d.iter().all(|(_, h)| h == "Healthy"))?;
-    say(&format!("device list after {:.1} ms:", t.elapsed().as_secs_f64() * 1000.0));
+    say(&format!(
+        "device list after {:.1} ms:",
+        t.elapsed().as_secs_f64() * 1000.0
+    ));
     table(&devices);
 
     say("kubelet restart: every socket deleted, kubelet.sock made anew");
     let t = Instant::now();
     sim.restart()?;
     sim.wait_registered(crand, STEP)?;
-    say(&format!("registered again after {:.1} ms", t.elapsed().as_secs_f64() * 1000.0));
+    say(&format!(
+        "registered again after {:.1} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    ));
     let devices = sim.wait_devices(crand, STEP, |_| true)?;
     say("device list after the restart:");
     table(&devices);
@@ -166,7 +202,11 @@ pub fn run(plugin_bin: &Path) -> Result<(), String> {
     say(&format!(
         "plugin exited with {status} after {} ms; its sockets left behind: {}",
         t.elapsed().as_millis(),
-        if left.is_empty() { "none".to_string() } else { left.join(",") }
+        if left.is_empty() {
+            "none".to_string()
+        } else {
+            left.join(",")
+        }
     ));
     drop(sim);
     drop(tmp);

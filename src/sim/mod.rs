@@ -114,7 +114,12 @@ struct Registration {
 }
 
 impl api_grpc::Registration for Registration {
-    fn register(&mut self, ctx: RpcContext, req: api::RegisterRequest, sink: UnarySink<api::Empty>) {
+    fn register(
+        &mut self,
+        ctx: RpcContext,
+        req: api::RegisterRequest,
+        sink: UnarySink<api::Empty>,
+    ) {
         let checked = validate::version(&req.version)
             .and_then(|()| validate::resource_name(&req.resource_name))
             .and_then(|()| validate::endpoint(&req.endpoint));
@@ -122,7 +127,13 @@ impl api_grpc::Registration for Registration {
             Ok(()) => {
                 if let Err(e) = self.jobs.send((req, sink)) {
                     let (_, sink) = e.into_inner();
-                    ctx.spawn(sink.fail(RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, "kubelet stopping".into())).map(drop));
+                    ctx.spawn(
+                        sink.fail(RpcStatus::with_message(
+                            RpcStatusCode::UNAVAILABLE,
+                            "kubelet stopping".into(),
+                        ))
+                        .map(drop),
+                    );
                 }
             }
             Err(error) => {
@@ -132,7 +143,10 @@ impl api_grpc::Registration for Registration {
                     at: Instant::now(),
                 });
                 // The kubelet returns plain errors, which reach the plugin as UNKNOWN.
-                ctx.spawn(sink.fail(RpcStatus::with_message(RpcStatusCode::UNKNOWN, error)).map(drop));
+                ctx.spawn(
+                    sink.fail(RpcStatus::with_message(RpcStatusCode::UNKNOWN, error))
+                        .map(drop),
+                );
             }
         }
     }
@@ -141,7 +155,12 @@ impl api_grpc::Registration for Registration {
 impl Sim {
     /// Serves Registration on `<dir>/kubelet.sock`.
     pub fn start(dir: &Path) -> Result<Sim, String> {
-        let env = Arc::new(EnvBuilder::new().cq_count(1).name_prefix("sim-grpc").build());
+        let env = Arc::new(
+            EnvBuilder::new()
+                .cq_count(1)
+                .name_prefix("sim-grpc")
+                .build(),
+        );
         let (events_tx, events) = unbounded();
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
@@ -182,7 +201,10 @@ impl Sim {
             .build()
             .map_err(|e| format!("cannot build the Registration server: {e}"))?;
         server
-            .add_listening_port(format!("unix:{}", path.display()), ServerCredentials::insecure())
+            .add_listening_port(
+                format!("unix:{}", path.display()),
+                ServerCredentials::insecure(),
+            )
             .map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
         server.start();
         self.server = Some(server);
@@ -220,9 +242,15 @@ impl Sim {
     }
 
     /// Waits for a Register of `resource` and returns the request.
-    pub fn wait_registered(&self, resource: &str, timeout: Duration) -> Result<api::RegisterRequest, String> {
+    pub fn wait_registered(
+        &self,
+        resource: &str,
+        timeout: Duration,
+    ) -> Result<api::RegisterRequest, String> {
         self.wait_for(&format!("{resource} to register"), timeout, |ev| match ev {
-            SimEvent::Registered { request, .. } if request.resource_name == resource => Some(request.clone()),
+            SimEvent::Registered { request, .. } if request.resource_name == resource => {
+                Some(request.clone())
+            }
             _ => None,
         })
     }
@@ -234,10 +262,18 @@ impl Sim {
         timeout: Duration,
         mut accept: impl FnMut(&[(String, String)]) -> bool,
     ) -> Result<Vec<(String, String)>, String> {
-        self.wait_for(&format!("a matching device list from {resource}"), timeout, |ev| match ev {
-            SimEvent::Devices { resource: r, devices, .. } if r == resource && accept(devices) => Some(devices.clone()),
-            _ => None,
-        })
+        self.wait_for(
+            &format!("a matching device list from {resource}"),
+            timeout,
+            |ev| match ev {
+                SimEvent::Devices {
+                    resource: r,
+                    devices,
+                    ..
+                } if r == resource && accept(devices) => Some(devices.clone()),
+                _ => None,
+            },
+        )
     }
 
     /// The last device list of `resource`, if it is connected.
@@ -255,7 +291,11 @@ impl Sim {
     }
 
     /// Calls Allocate for one container with `ids`.
-    pub fn allocate(&self, resource: &str, ids: &[String]) -> Result<api::AllocateResponse, String> {
+    pub fn allocate(
+        &self,
+        resource: &str,
+        ids: &[String],
+    ) -> Result<api::AllocateResponse, String> {
         let req = api::AllocateRequest {
             container_requests: vec![api::ContainerAllocateRequest {
                 devices_ids: ids.to_vec(),
@@ -270,7 +310,11 @@ impl Sim {
 
     /// Allocates the first `n` healthy devices of `resource`, as the kubelet
     /// would pick them; returns the IDs and the answer.
-    pub fn allocate_healthy(&self, resource: &str, n: usize) -> Result<(Vec<String>, api::AllocateResponse), String> {
+    pub fn allocate_healthy(
+        &self,
+        resource: &str,
+        n: usize,
+    ) -> Result<(Vec<String>, api::AllocateResponse), String> {
         let devices = self
             .devices(resource)
             .ok_or_else(|| format!("no device list from {resource}"))?;
@@ -281,7 +325,10 @@ impl Sim {
             .take(n)
             .collect();
         if ids.len() < n {
-            return Err(format!("{resource} has only {} healthy devices, {n} wanted", ids.len()));
+            return Err(format!(
+                "{resource} has only {} healthy devices, {n} wanted",
+                ids.len()
+            ));
         }
         let resp = self.allocate(resource, &ids)?;
         Ok((ids, resp))
@@ -318,11 +365,13 @@ impl Drop for Sim {
 /// Deletes every socket in `dir`, as the kubelet does at start; other files
 /// are kept.
 pub fn remove_sockets(dir: &Path) -> Result<(), String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
     for entry in entries.flatten() {
         if entry.file_type().is_ok_and(|t| t.is_socket()) {
             let path = entry.path();
-            std::fs::remove_file(&path).map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+            std::fs::remove_file(&path)
+                .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
         }
     }
     Ok(())
@@ -333,7 +382,8 @@ pub fn remove_sockets(dir: &Path) -> Result<(), String> {
 fn connect(shared: &Arc<Shared>, req: api::RegisterRequest, sink: UnarySink<api::Empty>) {
     let resource = req.resource_name.clone();
     let path = shared.dir.join(&req.endpoint);
-    let channel = ChannelBuilder::new(shared.env.clone()).connect(&format!("unix:{}", path.display()));
+    let channel =
+        ChannelBuilder::new(shared.env.clone()).connect(&format!("unix:{}", path.display()));
     let client = api_grpc::DevicePluginClient::new(channel);
     // No wait_for_ready: a plugin that registers before it serves fails here.
     let opt = CallOption::default().timeout(DIAL_TIMEOUT);
@@ -346,7 +396,9 @@ fn connect(shared: &Arc<Shared>, req: api::RegisterRequest, sink: UnarySink<api:
                 error: error.clone(),
                 at: Instant::now(),
             });
-            let _ = futures_executor::block_on(sink.fail(RpcStatus::with_message(RpcStatusCode::UNKNOWN, error)));
+            let _ = futures_executor::block_on(
+                sink.fail(RpcStatus::with_message(RpcStatusCode::UNKNOWN, error)),
+            );
             return;
         }
     };
@@ -379,20 +431,25 @@ fn connect(shared: &Arc<Shared>, req: api::RegisterRequest, sink: UnarySink<api:
     if let Some(old) = old {
         old.stream.abort();
     }
-    let _ = shared.events.send(SimEvent::Registered {
-        request: req,
-        options,
-        at: Instant::now(),
-    });
-    let _ = futures_executor::block_on(sink.success(api::Empty::new()));
+    // Only an answer that reached the plugin counts as a registration.
+    if futures_executor::block_on(sink.success(api::Empty::new())).is_ok() {
+        let _ = shared.events.send(SimEvent::Registered {
+            request: req,
+            options,
+            at: Instant::now(),
+        });
+    }
 
     let shared = shared.clone();
     // Read the stream as a future on the poll thread: it only takes a lock
     // and sends on an unbounded channel, so it never blocks.
     client.spawn(async move {
         while let Some(Ok(msg)) = stream.next().await {
-            let devices: Vec<(String, String)> =
-                msg.devices.iter().map(|d| (d.ID.clone(), d.health.clone())).collect();
+            let devices: Vec<(String, String)> = msg
+                .devices
+                .iter()
+                .map(|d| (d.ID.clone(), d.health.clone()))
+                .collect();
             if let Some(conn) = shared.conns.lock().expect("sim lock").get_mut(&resource)
                 && conn.id == id
             {

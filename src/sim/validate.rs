@@ -21,7 +21,8 @@ fn dns_label(label: &str) -> bool {
         && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
 }
 
 /// Whether `s` is a DNS-1123 subdomain: lowercase labels joined by dots,
@@ -77,14 +78,35 @@ mod tests {
 
     #[test]
     fn test_resource_names_like_the_kubelet() {
-        for good in ["example.com/foo", "nvidia.com/gpu", "intel.com/intel_sriov_netdevice", "example.com/FOO", "github.com.ihcsim/crand"] {
+        for good in [
+            "example.com/foo",
+            "nvidia.com/gpu",
+            "intel.com/intel_sriov_netdevice",
+            "example.com/FOO",
+            "github.com.ihcsim/crand",
+        ] {
             assert!(resource_name(good).is_ok(), "{good}");
         }
-        for bad in ["gpu", "Example.com/foo", "example.com/", "example.com/-x", "a/b/c", "requests.example.com/x", "kubernetes.io/x", "foo.kubernetes.io/x"] {
-            assert_eq!(resource_name(bad).unwrap_err(), format!("the ResourceName {bad:?} is invalid"));
+        for bad in [
+            "gpu",
+            "Example.com/foo",
+            "example.com/",
+            "example.com/-x",
+            "a/b/c",
+            "requests.example.com/x",
+            "kubernetes.io/x",
+            "foo.kubernetes.io/x",
+        ] {
+            assert_eq!(
+                resource_name(bad).unwrap_err(),
+                format!("the ResourceName {bad:?} is invalid")
+            );
         }
         let long = format!("{}.com/x", "a".repeat(241));
-        assert!(resource_name(&long).is_err(), "prefix over 253 with requests.");
+        assert!(
+            resource_name(&long).is_err(),
+            "prefix over 253 with requests."
+        );
     }
 
     #[test]
