@@ -343,6 +343,14 @@ impl Sim {
         self.serve()
     }
 
+    /// Closes the ListAndWatch stream of `resource` and forgets the plugin,
+    /// as a kubelet does when it drops a plugin's stream; returns whether
+    /// it was connected.
+    pub fn disconnect(&self, resource: &str) -> bool {
+        let conn = self.shared.conns.lock().expect("sim lock").remove(resource);
+        conn.map(|c| c.stream.abort()).is_some()
+    }
+
     fn disconnect_all(&self) {
         let conns = std::mem::take(&mut *self.shared.conns.lock().expect("sim lock"));
         for conn in conns.into_values() {
@@ -370,8 +378,13 @@ pub fn remove_sockets(dir: &Path) -> Result<(), String> {
     for entry in entries.flatten() {
         if entry.file_type().is_ok_and(|t| t.is_socket()) {
             let path = entry.path();
-            std::fs::remove_file(&path)
-                .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+            match std::fs::remove_file(&path) {
+                // Its owner may remove it first.
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(format!("cannot remove {}: {e}", path.display()));
+                }
+                _ => {}
+            }
         }
     }
     Ok(())
