@@ -327,7 +327,7 @@ impl Supervisor {
             );
         } else if slot.kubelet.is_some() && !own_ok {
             log::info!(
-                "own socket removed; serving again resource={}",
+                "own socket gone (kubelet restart or deletion); serving again resource={}",
                 slot.resource()
             );
         }
