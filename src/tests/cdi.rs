@@ -3,17 +3,16 @@
 //! validates, every name Allocate returns resolves, and applying the device
 //! to an OCI spec yields the expected device node.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use container_device_interface::{
     cache::{new_cache, with_auto_refresh},
     spec::read_spec,
     spec_dirs::with_spec_dirs,
 };
+mod common;
+
+use common::dirs;
 use kubelet_plugin::sim::Sim;
 use nix::sys::stat::{major, minor, stat};
 
@@ -34,20 +33,20 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kubelet-plugin"))
 }
 
-fn tmp() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
-    let t = tempfile::Builder::new()
-        .prefix("kp-cdi-")
-        .tempdir()
-        .unwrap();
-    let (dp, dev, cdi) = (
-        t.path().join("dp"),
-        t.path().join("dev"),
-        t.path().join("cdi"),
-    );
-    for d in [&dp, &dev, &cdi] {
-        std::fs::create_dir(d).unwrap();
+/// `kubelet-plugin run` in the given dirs, with `plugins` (none: both).
+fn run_cmd(dp: &Path, dev: &Path, cdi: &Path, plugins: &[&str]) -> Command {
+    let mut cmd = bin();
+    cmd.arg("run");
+    for p in plugins {
+        cmd.args(["--plugin", p]);
     }
-    (t, dp, dev, cdi)
+    cmd.arg("--device-plugin-dir")
+        .arg(dp)
+        .arg("--dev-dir")
+        .arg(dev)
+        .arg("--cdi-dir")
+        .arg(cdi);
+    cmd
 }
 
 /// The golden file with the host's numbers and the dev dir filled in.
@@ -66,12 +65,13 @@ fn golden(name: &str, dev: &Path, host: &str) -> String {
 
 #[test]
 fn test_cdi_command_writes_golden_specs_that_the_library_accepts() {
-    let (_t, _dp, dev, cdi) = tmp();
+    let d = dirs();
+    let (dev, cdi) = (&d.dev, &d.cdi);
     let out = bin()
         .args(["cdi", "--dev-dir"])
-        .arg(&dev)
+        .arg(dev)
         .arg("--cdi-dir")
-        .arg(&cdi)
+        .arg(cdi)
         .output()
         .unwrap();
     assert!(
@@ -83,12 +83,12 @@ fn test_cdi_command_writes_golden_specs_that_the_library_accepts() {
     let kvm = cdi.join("github.com.ihcsim-kvm.json");
     assert_eq!(
         std::fs::read_to_string(&crand).unwrap(),
-        golden("crand.json", &dev, "/dev/random")
+        golden("crand.json", dev, "/dev/random")
     );
     if Path::new("/dev/kvm").exists() {
         assert_eq!(
             std::fs::read_to_string(&kvm).unwrap(),
-            golden("kvm.json", &dev, "/dev/kvm")
+            golden("kvm.json", dev, "/dev/kvm")
         );
     }
     for spec in [&crand, &kvm] {
@@ -101,31 +101,33 @@ fn test_cdi_command_writes_golden_specs_that_the_library_accepts() {
     );
 
     // --dry-run prints the same specs and makes nothing.
-    let (_t2, _dp2, dev2, cdi2) = tmp();
+    let d2 = dirs();
+    let (dev2, cdi2) = (&d2.dev, &d2.cdi);
     let out = bin()
         .args(["cdi", "--dry-run", "--plugin", "crand", "--dev-dir"])
-        .arg(&dev2)
+        .arg(dev2)
         .arg("--cdi-dir")
-        .arg(&cdi2)
+        .arg(cdi2)
         .output()
         .unwrap();
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        golden("crand.json", &dev2, "/dev/random")
+        golden("crand.json", dev2, "/dev/random")
     );
-    assert_eq!(std::fs::read_dir(&cdi2).unwrap().count(), 0);
-    assert_eq!(std::fs::read_dir(&dev2).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(cdi2).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(dev2).unwrap().count(), 0);
 }
 
 #[test]
 fn test_the_library_rejects_a_broken_spec() {
-    let (_t, _dp, dev, cdi) = tmp();
+    let d = dirs();
+    let (dev, cdi) = (&d.dev, &d.cdi);
     let out = bin()
         .args(["cdi", "--plugin", "crand", "--dev-dir"])
-        .arg(&dev)
+        .arg(dev)
         .arg("--cdi-dir")
-        .arg(&cdi)
+        .arg(cdi)
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -141,19 +143,10 @@ fn test_the_library_rejects_a_broken_spec() {
 
 #[test]
 fn test_allocated_names_resolve_and_apply_to_an_oci_spec() {
-    let (_t, dp, dev, cdi) = tmp();
-    let sim = Sim::start(&dp).unwrap();
-    let child = Running(
-        bin()
-            .args(["run", "--plugin", "crand", "--device-plugin-dir"])
-            .arg(&dp)
-            .arg("--dev-dir")
-            .arg(&dev)
-            .arg("--cdi-dir")
-            .arg(&cdi)
-            .spawn()
-            .unwrap(),
-    );
+    let d = dirs();
+    let (dp, dev, cdi) = (&d.plugin, &d.dev, &d.cdi);
+    let sim = Sim::start(dp).unwrap();
+    let child = Running(run_cmd(dp, dev, cdi, &["crand"]).spawn().unwrap());
     sim.wait_registered(CRAND, WAIT).unwrap();
     sim.wait_devices(CRAND, WAIT, |_| true).unwrap();
     let resp = sim
@@ -217,19 +210,10 @@ fn test_allocated_names_resolve_and_apply_to_an_oci_spec() {
 
 #[test]
 fn test_spec_survives_restart_byte_identical_and_bad_dirs_fail() {
-    let (_t, dp, dev, cdi) = tmp();
-    let sim = Sim::start(&dp).unwrap();
-    let run = || {
-        bin()
-            .args(["run", "--plugin", "crand", "--device-plugin-dir"])
-            .arg(&dp)
-            .arg("--dev-dir")
-            .arg(&dev)
-            .arg("--cdi-dir")
-            .arg(&cdi)
-            .spawn()
-            .unwrap()
-    };
+    let d = dirs();
+    let (dp, dev, cdi) = (&d.plugin, &d.dev, &d.cdi);
+    let sim = Sim::start(dp).unwrap();
+    let run = || run_cmd(dp, dev, cdi, &["crand"]).spawn().unwrap();
     let spec = cdi.join("github.com.ihcsim-crand.json");
     let mut first = Running(run());
     sim.wait_registered(CRAND, WAIT).unwrap();
@@ -254,20 +238,14 @@ fn test_spec_survives_restart_byte_identical_and_bad_dirs_fail() {
         "rewritten, byte-identical"
     );
     drop(second);
-    let names: Vec<_> = std::fs::read_dir(&cdi)
+    let names: Vec<_> = std::fs::read_dir(cdi)
         .unwrap()
         .flatten()
         .map(|e| e.file_name())
         .collect();
     assert_eq!(names.len(), 1, "no temp files left: {names:?}");
 
-    let out = bin()
-        .args(["run", "--plugin", "crand", "--device-plugin-dir"])
-        .arg(&dp)
-        .arg("--dev-dir")
-        .arg(&dev)
-        .arg("--cdi-dir")
-        .arg(cdi.join("missing"))
+    let out = run_cmd(dp, dev, &cdi.join("missing"), &["crand"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -315,7 +293,8 @@ fn test_podman_runs_a_container_with_our_devices() {
         Command::new("podman").arg("--version").output().is_ok(),
         "podman is not installed: `make deps` installs podman, runc and busybox-static"
     );
-    let (t, dp, dev, cdi) = tmp();
+    let d = dirs();
+    let (dp, dev, cdi) = (&d.plugin, &d.dev, &d.cdi);
     let with_kvm = Path::new("/dev/kvm").exists();
     if with_kvm {
         let rdev = stat("/dev/kvm").unwrap().st_rdev;
@@ -327,18 +306,8 @@ fn test_podman_runs_a_container_with_our_devices() {
         )
         .unwrap();
     }
-    let sim = Sim::start(&dp).unwrap();
-    let _child = Running(
-        bin()
-            .args(["run", "--device-plugin-dir"])
-            .arg(&dp)
-            .arg("--dev-dir")
-            .arg(&dev)
-            .arg("--cdi-dir")
-            .arg(&cdi)
-            .spawn()
-            .unwrap(),
-    );
+    let sim = Sim::start(dp).unwrap();
+    let _child = Running(run_cmd(dp, dev, cdi, &[]).spawn().unwrap());
     sim.wait_registered(CRAND, WAIT).unwrap();
     sim.wait_devices(CRAND, WAIT, |_| true).unwrap();
     let (ids, resp) = sim.allocate_healthy(CRAND, 2).unwrap();
@@ -347,8 +316,8 @@ fn test_podman_runs_a_container_with_our_devices() {
     assert_eq!(name, "github.com.ihcsim/crand=crand1");
 
     let out = podman(
-        t.path(),
-        &cdi,
+        d.tmp.path(),
+        cdi,
         name,
         "ls -l /dev/crand1; head -c 16 /dev/crand1 | wc -c; echo env=$CDI_DEVICE_CRAND1",
     );
@@ -372,14 +341,14 @@ fn test_podman_runs_a_container_with_our_devices() {
     assert_eq!(lines.next().unwrap().trim(), "16");
     assert_eq!(lines.next().unwrap(), "env=github.com.ihcsim/crand=crand1");
 
-    let out = podman(t.path(), &cdi, "github.com.ihcsim/crand=crand9", "true");
+    let out = podman(d.tmp.path(), cdi, "github.com.ihcsim/crand=crand9", "true");
     assert!(!out.status.success(), "an unknown CDI device must fail");
     assert!(String::from_utf8_lossy(&out.stderr).contains("crand9"));
 
     if with_kvm {
         let out = podman(
-            t.path(),
-            &cdi,
+            d.tmp.path(),
+            cdi,
             "github.com.ihcsim/kvm=kvm",
             "ls -l /dev/kvm",
         );

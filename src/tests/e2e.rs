@@ -5,12 +5,15 @@
 use std::{
     io::{BufRead, BufReader},
     os::unix::fs::{FileTypeExt, MetadataExt},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
+mod common;
+
+use common::{Dirs, dirs};
 use kubelet_plugin::{
     api::{api, api_grpc},
     sim::{Sim, SimEvent},
@@ -26,32 +29,6 @@ use nix::{
 const CRAND: &str = "github.com.ihcsim/crand";
 const KVM: &str = "github.com.ihcsim/kvm";
 const WAIT: Duration = Duration::from_secs(5);
-
-/// Temp dirs for one test: plugin dir, dev dir, CDI dir.
-struct Dirs {
-    _tmp: tempfile::TempDir,
-    plugin: PathBuf,
-    dev: PathBuf,
-    cdi: PathBuf,
-}
-
-fn dirs() -> Dirs {
-    let tmp = tempfile::Builder::new().prefix("kp-").tempdir().unwrap();
-    let (plugin, dev, cdi) = (
-        tmp.path().join("dp"),
-        tmp.path().join("dev"),
-        tmp.path().join("cdi"),
-    );
-    for d in [&plugin, &dev, &cdi] {
-        std::fs::create_dir(d).unwrap();
-    }
-    Dirs {
-        _tmp: tmp,
-        plugin,
-        dev,
-        cdi,
-    }
-}
 
 /// A running plugin process; killed on drop. Its stderr is collected.
 struct Plugin {
@@ -409,7 +386,7 @@ fn test_bad_flags_and_dirs_fail_with_one_clear_line() {
 
     // Not writable: as an unprivileged user, a root-owned 0755 dir.
     use std::os::unix::{fs::PermissionsExt, process::CommandExt};
-    std::fs::set_permissions(d._tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(d.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&d.plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut cmd = plugin_cmd(&d, &["--plugin", "crand"]);
     cmd.uid(65534).gid(65534);
