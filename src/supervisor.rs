@@ -211,9 +211,7 @@ impl Supervisor {
     }
 
     fn event_loop(&mut self) -> Result<()> {
-        for i in 0..self.slots.len() {
-            self.reconcile(i, false);
-        }
+        self.reconcile_all(false);
         loop {
             let event = match self.next_deadline() {
                 Some(at) => match self.inbox.recv_deadline(at) {
@@ -230,9 +228,7 @@ impl Supervisor {
                     return Ok(());
                 }
                 Some(Event::Signal(SignalAction::Reregister)) => {
-                    for i in 0..self.slots.len() {
-                        self.reconcile(i, true);
-                    }
+                    self.reconcile_all(true);
                 }
                 Some(Event::Health { plugin, devices }) => {
                     let slot = &mut self.slots[plugin];
@@ -242,9 +238,7 @@ impl Supervisor {
                     slot.devices = devices;
                 }
                 Some(Event::PluginDir) => {
-                    for i in 0..self.slots.len() {
-                        self.reconcile(i, false);
-                    }
+                    self.reconcile_all(false);
                 }
                 Some(Event::Registered {
                     plugin,
@@ -288,6 +282,12 @@ impl Supervisor {
                 );
                 self.reconcile(i, true);
             }
+        }
+    }
+
+    fn reconcile_all(&mut self, force: bool) {
+        for i in 0..self.slots.len() {
+            self.reconcile(i, force);
         }
     }
 
