@@ -155,6 +155,9 @@ fn test_registers_within_2s_with_version_endpoint_and_resource() {
     assert_eq!(req.resource_name, CRAND);
     let opts = req.options.as_ref().unwrap();
     assert!(!opts.pre_start_required && !opts.get_preferred_allocation_available);
+    let meta = std::fs::symlink_metadata(d.plugin.join("crand.sock")).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.mode() & 0o777, 0o600, "only root may connect");
 }
 
 #[test]
