@@ -21,7 +21,7 @@ use grpcio::{
 
 use crate::{
     api::{api, api_grpc},
-    device::Device,
+    device::{Device, Health},
     error::{Error, Result},
     plugin::{self, AllocError, Injection, Plugin},
     watch::Watch,
@@ -144,7 +144,7 @@ impl api_grpc::DevicePlugin for Service {
         let mut updates = self.devices.subscribe().map(move |devices| {
             let healthy = devices
                 .iter()
-                .filter(|d| d.health.as_str() == "Healthy")
+                .filter(|d| d.health == Health::Healthy)
                 .count();
             log::info!(
                 "device list sent resource={resource} devices={} healthy={healthy}",
