@@ -29,6 +29,12 @@ fn main() -> ExitCode {
                 Err(e) => fail(&chain(&e)),
             };
         }
+        Some(Command::Status(args)) => {
+            return match kubelet_plugin::status::run(&args.device_plugin_dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&chain(&e)),
+            };
+        }
         None => {
             return fail("no command given: try `kubelet-plugin run` or `kubelet-plugin --help`");
         }

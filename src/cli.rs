@@ -37,6 +37,18 @@ pub enum Command {
     Run(RunArgs),
     /// Write the CDI specs once.
     Cdi(CdiArgs),
+    /// Show the devices of the running plugins.
+    Status(StatusArgs),
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "status")]
+/// Show each running plugin's devices and their health, as the kubelet sees them;
+/// fails when no plugin answers.
+pub struct StatusArgs {
+    /// where the plugin sockets are
+    #[argh(option, default = "PathBuf::from(\"/var/lib/kubelet/device-plugins\")")]
+    pub device_plugin_dir: PathBuf,
 }
 
 #[derive(FromArgs, Debug)]

@@ -41,6 +41,7 @@ pub mod plugin;
 pub mod server;
 pub mod signals;
 pub mod sim;
+pub mod status;
 pub mod supervisor;
 pub mod thread;
 pub mod watch;

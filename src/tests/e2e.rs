@@ -674,3 +674,36 @@ fn test_registers_again_when_the_kubelet_drops_the_stream() {
     sim.wait_devices(CRAND, WAIT, |_| true).unwrap();
     assert!(p.log().contains("ListAndWatch not reopened"), "{}", p.log());
 }
+
+#[test]
+fn test_status_lists_devices_and_fails_without_plugins() {
+    let d = dirs();
+    let status = || {
+        Command::new(env!("CARGO_BIN_EXE_kubelet-plugin"))
+            .args(["status", "--device-plugin-dir"])
+            .arg(&d.plugin)
+            .output()
+            .unwrap()
+    };
+    let out = status();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no plugin sockets"));
+
+    let sim = Sim::start(&d.plugin).unwrap();
+    let _p = start(&d, &["--plugin", "crand"]);
+    sim.wait_devices(CRAND, WAIT, |_| true).unwrap();
+    std::fs::remove_file(d.dev.join("crand2")).unwrap();
+    sim.wait_devices(CRAND, WAIT, |devs| health_of(devs, "crand2") == "Unhealthy")
+        .unwrap();
+    let out = status();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("crand.sock: 3 devices, 2 healthy"), "{text}");
+    assert!(text.contains("crand2       Unhealthy"), "{text}");
+
+    // A socket nobody serves: named, and the exit code says so.
+    let _stale = std::os::unix::net::UnixListener::bind(d.plugin.join("zzz.sock")).unwrap();
+    let out = status();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("zzz.sock: not answering"));
+}
