@@ -1,7 +1,7 @@
 # kubelet-plugin: the two commands are `make demo` and `make test`.
 
 CARGO   ?= cargo
-RELEASE := target/release
+RELEASE := $(or $(CARGO_TARGET_DIR),target)/release
 
 .PHONY: all deps test-deps build demo test lint fmt bench clean
 
