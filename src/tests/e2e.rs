@@ -352,31 +352,16 @@ fn expect_fatal(d: &Dirs, cmd: &mut Command, want: &str) {
 #[test]
 fn test_bad_flags_and_dirs_fail_with_one_clear_line() {
     let d = dirs();
-    expect_fatal(
-        &d,
-        &mut plugin_cmd(&d, &["--no-such-flag"]),
-        "--no-such-flag",
-    );
-    expect_fatal(
-        &d,
-        &mut plugin_cmd(&d, &["--plugin", "gpu"]),
-        "unknown plugin",
-    );
-    expect_fatal(
-        &d,
-        &mut plugin_cmd(&d, &["--crand-count", "0"]),
-        "--crand-count 0",
-    );
-    expect_fatal(
-        &d,
-        &mut plugin_cmd(&d, &["--device-injection", "all"]),
-        "cdi, device-spec or both",
-    );
-    expect_fatal(
-        &d,
-        &mut plugin_cmd(&d, &["--resource-domain", "Bad_Domain"]),
-        "--resource-domain",
-    );
+    for (args, want) in [
+        (&["--no-such-flag"][..], "--no-such-flag"),
+        (&["--plugin", "gpu"], "unknown plugin"),
+        (&["--crand-count", "0"], "--crand-count 0"),
+        (&["--crand-count", "100000"], "between 1 and 16384"),
+        (&["--device-injection", "all"], "cdi, device-spec or both"),
+        (&["--resource-domain", "Bad_Domain"], "--resource-domain"),
+    ] {
+        expect_fatal(&d, &mut plugin_cmd(&d, args), want);
+    }
 
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubelet-plugin"));
     cmd.args(["run", "--device-plugin-dir"])
