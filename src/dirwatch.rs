@@ -49,8 +49,9 @@ impl DirWatch {
             | AddWatchFlags::IN_DELETE
             | AddWatchFlags::IN_MOVED_FROM
             | AddWatchFlags::IN_MOVED_TO
-            | AddWatchFlags::IN_ATTRIB
-            | AddWatchFlags::IN_CLOSE_WRITE;
+            | AddWatchFlags::IN_ATTRIB;
+        // Not IN_CLOSE_WRITE: the kvm probe opens its node read-write, and
+        // closing it would wake the health thread again, forever.
         inotify
             .add_watch(dir, mask)
             .map_err(|e| Error::io("watch directory", dir, e))?;
