@@ -103,6 +103,7 @@ pub struct Sim {
     shared: Arc<Shared>,
     server: Option<Server>,
     jobs: Option<Sender<Job>>,
+    stop: Option<Sender<()>>,
     worker: Option<JoinHandle<()>>,
     events: Receiver<SimEvent>,
 }
@@ -170,12 +171,21 @@ impl Sim {
             next_id: Mutex::new(0),
         });
         let (jobs, job_rx) = unbounded::<Job>();
+        // Stopped by its own channel: a Registration handler still in grpcio's
+        // hands may keep a jobs sender alive after the server is dropped.
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let worker_shared = shared.clone();
         let worker = std::thread::Builder::new()
             .name("sim-connect".into())
             .spawn(move || {
-                for (req, sink) in job_rx {
-                    connect(&worker_shared, req, sink);
+                loop {
+                    crossbeam_channel::select! {
+                        recv(job_rx) -> job => match job {
+                            Ok((req, sink)) => connect(&worker_shared, req, sink),
+                            Err(_) => return,
+                        },
+                        recv(stopped) -> _ => return,
+                    }
                 }
             })
             .map_err(|e| format!("cannot start sim-connect thread: {e}"))?;
@@ -183,6 +193,7 @@ impl Sim {
             shared,
             server: None,
             jobs: Some(jobs),
+            stop: Some(stop),
             worker: Some(worker),
             events,
         };
@@ -364,6 +375,7 @@ impl Drop for Sim {
         self.disconnect_all();
         self.server = None;
         self.jobs = None;
+        self.stop = None;
         if let Some(w) = self.worker.take() {
             let _ = w.join();
         }

@@ -481,14 +481,15 @@ fn test_50_kubelet_restarts_reregister_without_leaks() {
         .filter(|ev| matches!(ev, SimEvent::Registered { .. }))
         .count();
     assert_eq!(extra, 0, "registered more than once per restart");
-    // grpcio's event engine pool grows and shrinks on its own, so the total
-    // may only be lower; our own threads must be exactly these.
+    // grpcio's event engine pool grows and shrinks by a thread or two on
+    // its own (each with its wakeup fds); a leak per restart would show as
+    // 50 more. Our own threads must be exactly these, once each.
     assert!(
-        p.threads() <= threads,
-        "threads grew: {} > {threads}",
+        p.threads() <= threads + 2,
+        "threads grew: {} > {threads} + 2",
         p.threads()
     );
-    assert!(p.fds() <= fds, "fds grew: {} > {fds}", p.fds());
+    assert!(p.fds() <= fds + 4, "fds grew: {} > {fds} + 4", p.fds());
     let ours = [
         "health",
         "kubelet-plugin",
