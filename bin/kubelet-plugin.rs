@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use kubelet_plugin::{
-    cli::{Cli, Command},
-    error::chain,
+    cli::{Cli, Command, RunArgs},
+    error::{Error, Result, chain},
     supervisor::Supervisor,
 };
 use simplelog::{ConfigBuilder, LevelFilter, ThreadLogMode, WriteLogger};
@@ -21,24 +21,22 @@ fn main() -> ExitCode {
         println!("kubelet-plugin {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    let args = match cli.command {
-        Some(Command::Run(args)) => args,
-        Some(Command::Cdi(args)) => {
-            return match args.run() {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&chain(&e)),
-            };
-        }
-        Some(Command::Status(args)) => {
-            return match kubelet_plugin::status::run(&args.device_plugin_dir) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&chain(&e)),
-            };
-        }
+    let result = match cli.command {
+        Some(Command::Run(args)) => run(args),
+        Some(Command::Cdi(args)) => args.run(),
+        Some(Command::Status(args)) => kubelet_plugin::status::run(&args.device_plugin_dir),
         None => {
             return fail("no command given: try `kubelet-plugin run` or `kubelet-plugin --help`");
         }
     };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&chain(&e)),
+    }
+}
+
+/// `run`: logging, then the supervisor on its own thread until it ends.
+fn run(args: RunArgs) -> Result<()> {
     let log_config = ConfigBuilder::new()
         .set_thread_mode(ThreadLogMode::Names)
         .set_thread_level(LevelFilter::Error)
@@ -48,29 +46,16 @@ fn main() -> ExitCode {
         .build();
     let _ = WriteLogger::init(args.log_level, log_config, std::io::stderr());
 
-    let config = match args.config() {
-        Ok(c) => c,
-        Err(e) => return fail(&chain(&e)),
-    };
-    let supervisor = std::thread::Builder::new()
+    let config = args.config()?;
+    let result = std::thread::Builder::new()
         .name("supervisor".into())
-        .spawn(move || Supervisor::new(config).and_then(Supervisor::run));
-    let result = match supervisor {
-        Ok(handle) => handle.join().unwrap_or_else(|_| {
-            Err(kubelet_plugin::error::Error::Invalid(
-                "supervisor panicked".into(),
-            ))
-        }),
-        Err(e) => return fail(&format!("cannot start the supervisor thread: {e}")),
-    };
-    match result {
-        Ok(()) => {
-            log::info!("stopped");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            log::error!("{}", chain(&e));
-            fail(&chain(&e))
-        }
+        .spawn(move || Supervisor::new(config).and_then(Supervisor::run))
+        .map_err(|e| Error::Invalid(format!("cannot start the supervisor thread: {e}")))?
+        .join()
+        .unwrap_or_else(|_| Err(Error::Invalid("supervisor panicked".into())));
+    match &result {
+        Ok(()) => log::info!("stopped"),
+        Err(e) => log::error!("{}", chain(e)),
     }
+    result
 }

@@ -120,8 +120,7 @@ pub fn run(plugin_bin: &Path) -> Result<(), String> {
     say(&format!("device list of {crand}:"));
     table(&devices);
     if with_kvm {
-        sim.wait_registered("github.com.ihcsim/kvm", STEP)?;
-        let devices = sim.wait_devices("github.com.ihcsim/kvm", STEP, |_| true)?;
+        let devices = sim.wait_ready("github.com.ihcsim/kvm", STEP)?;
         say("device list of github.com.ihcsim/kvm:");
         table(&devices);
     }

@@ -266,6 +266,17 @@ impl Sim {
         })
     }
 
+    /// Waits for a Register of `resource` and then its first device list,
+    /// which it returns: the plugin is then ready to allocate from.
+    pub fn wait_ready(
+        &self,
+        resource: &str,
+        timeout: Duration,
+    ) -> Result<Vec<(String, String)>, String> {
+        self.wait_registered(resource, timeout)?;
+        self.wait_devices(resource, timeout, |_| true)
+    }
+
     /// Waits for a device list of `resource` that `accept` takes.
     pub fn wait_devices(
         &self,

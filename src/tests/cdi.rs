@@ -147,8 +147,7 @@ fn test_allocated_names_resolve_and_apply_to_an_oci_spec() {
     let (dp, dev, cdi) = (&d.plugin, &d.dev, &d.cdi);
     let sim = Sim::start(dp).unwrap();
     let child = Running(run_cmd(dp, dev, cdi, &["crand"]).spawn().unwrap());
-    sim.wait_registered(CRAND, WAIT).unwrap();
-    sim.wait_devices(CRAND, WAIT, |_| true).unwrap();
+    sim.wait_ready(CRAND, WAIT).unwrap();
     let resp = sim
         .allocate(CRAND, &["crand0".into(), "crand2".into()])
         .unwrap();
@@ -311,8 +310,7 @@ fn test_podman_runs_a_container_with_our_devices() {
     }
     let sim = Sim::start(dp).unwrap();
     let _child = Running(run_cmd(dp, dev, cdi, &[]).spawn().unwrap());
-    sim.wait_registered(CRAND, WAIT).unwrap();
-    sim.wait_devices(CRAND, WAIT, |_| true).unwrap();
+    sim.wait_ready(CRAND, WAIT).unwrap();
     let (ids, resp) = sim.allocate_healthy(CRAND, 2).unwrap();
     assert_eq!(ids, ["crand0", "crand1"]);
     let name = &resp.container_responses[0].cdi_devices[1].name;

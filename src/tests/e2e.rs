@@ -459,8 +459,7 @@ fn test_50_kubelet_restarts_reregister_without_leaks() {
     let d = dirs();
     let mut sim = Sim::start(&d.plugin).unwrap();
     let p = start(&d, &["--plugin", "crand"]);
-    sim.wait_registered(CRAND, WAIT).unwrap();
-    sim.wait_devices(CRAND, WAIT, |_| true).unwrap();
+    sim.wait_ready(CRAND, WAIT).unwrap();
     let (threads, fds) = (p.threads(), p.fds());
     let mut worst = Duration::ZERO;
     for i in 0..50 {
@@ -518,8 +517,7 @@ fn test_restart_after_kill_9_in_the_same_dirs() {
         "kill -9 leaves the socket"
     );
     let p2 = start(&d, &["--plugin", "crand"]);
-    sim.wait_registered(CRAND, WAIT).unwrap();
-    sim.wait_devices(CRAND, WAIT, |_| true).unwrap();
+    sim.wait_ready(CRAND, WAIT).unwrap();
     assert!(p2.log().contains("removed stale socket"), "{}", p2.log());
 }
 
@@ -617,11 +615,9 @@ fn test_sighup_registers_again() {
     let d = dirs();
     let sim = Sim::start(&d.plugin).unwrap();
     let p = start(&d, &["--plugin", "crand"]);
-    sim.wait_registered(CRAND, WAIT).unwrap();
-    sim.wait_devices(CRAND, WAIT, |_| true).unwrap();
+    sim.wait_ready(CRAND, WAIT).unwrap();
     p.signal(Signal::SIGHUP);
-    sim.wait_registered(CRAND, WAIT).unwrap();
-    sim.wait_devices(CRAND, WAIT, |_| true).unwrap();
+    sim.wait_ready(CRAND, WAIT).unwrap();
     sim.allocate(CRAND, &["crand2".into()]).unwrap();
 }
 
@@ -653,11 +649,9 @@ fn test_registers_again_when_the_kubelet_drops_the_stream() {
     let d = dirs();
     let sim = Sim::start(&d.plugin).unwrap();
     let p = start(&d, &["--plugin", "crand"]);
-    sim.wait_registered(CRAND, WAIT).unwrap();
-    sim.wait_devices(CRAND, WAIT, |_| true).unwrap();
+    sim.wait_ready(CRAND, WAIT).unwrap();
     assert!(sim.disconnect(CRAND));
-    sim.wait_registered(CRAND, WAIT).unwrap();
-    sim.wait_devices(CRAND, WAIT, |_| true).unwrap();
+    sim.wait_ready(CRAND, WAIT).unwrap();
     assert!(p.log().contains("ListAndWatch not reopened"), "{}", p.log());
 }
 
