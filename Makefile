@@ -3,7 +3,20 @@
 CARGO   ?= cargo
 RELEASE := $(or $(CARGO_TARGET_DIR),target)/release
 
-.PHONY: all deps test-deps build demo test lint fmt bench clean
+.PHONY: all deps test-deps build static static-x86_64 static-aarch64 demo test \
+	lint fmt bench cdi kubelet run.crand run.kvm deploy undeploy image release clean
+
+# Where the targets that touch a real node work; override on the command
+# line, e.g. `make run.crand DEVICE_PLUGIN_DIR=/tmp/dp`.
+DEVICE_PLUGIN_DIR ?= /var/lib/kubelet/device-plugins
+DEV_DIR           ?= /dev
+CDI_DIR           ?= /var/run/cdi
+LOG_LEVEL         ?= info
+# The kubelet binary for `make kubelet`, and the static pod dir it watches
+# (kubelet/kubelet.yaml's staticPodPath).
+KUBELET           ?=
+STATIC_POD_DIR    ?= kubelet/run/pods
+PODS              := busybox-crand.yaml busybox-kvm.yaml
 
 all: build
 
@@ -25,17 +38,72 @@ deps:
 
 # What the tests need besides: a real container runtime for the CDI tests.
 test-deps: deps
-	$(call install,podman runc busybox-static util-linux)
+	$(call install,podman runc busybox-static util-linux file systemd)
 
 build: deps
 	$(CARGO) build --release
+
+# Static, stripped binaries (glibc crt-static; README says why not musl).
+# Each arch has its own dir under target/, so the host build above and the
+# tests keep theirs. The C core is built once per arch (about 13 min here).
+STATIC_FLAGS := -C target-feature=+crt-static
+X86_64  := x86_64-unknown-linux-gnu
+AARCH64 := aarch64-unknown-linux-gnu
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+STATIC_X86_64  := $(TARGET_DIR)/$(X86_64)/release
+STATIC_AARCH64 := $(TARGET_DIR)/$(AARCH64)/release
+# Cargo.toml's version, then git's word on this commit: "0.1.0" on the tag
+# v0.1.0, "0.1.0-3-gabc1234" or "0.1.0-abc1234-dirty" elsewhere.
+CARGO_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+GIT_DESCRIBE  := $(shell git describe --tags --always --dirty --match 'v*' 2>/dev/null)
+VERSION := $(if $(filter v$(CARGO_VERSION),$(GIT_DESCRIBE)),$(CARGO_VERSION),$(CARGO_VERSION)$(if $(GIT_DESCRIBE),-$(patsubst v$(CARGO_VERSION)-%,%,$(GIT_DESCRIBE))))
+export KUBELET_PLUGIN_VERSION := $(VERSION)
+
+# Checks the binaries in dir $(1), run through $(2) (a qemu, or nothing):
+# statically linked, stripped, and a round trip of the plugins against
+# kubelet-sim (register, list, allocate, health change, restart, SIGTERM).
+# The wrapper lets kubelet-sim start the plugin through qemu too.
+define check-static
+	@for b in kubelet-plugin kubelet-sim; do \
+	  f=$(1)/$$b; info=$$(file -b $$f); \
+	  echo "$$f: $$(stat -c %s $$f) bytes; $$info"; \
+	  case "$$info" in *dynamically*|*interpreter*) echo "$$f is not static" >&2; exit 1;; esac; \
+	  case "$$info" in *"not stripped"*) echo "$$f is not stripped" >&2; exit 1;; esac; \
+	done
+	$(2) $(1)/kubelet-plugin --version
+	@wrap=$$(mktemp); trap 'rm -f $$wrap' EXIT; \
+	printf '#!/bin/sh\nexec $(2) %s "$$@"\n' "$(abspath $(1))/kubelet-plugin" > $$wrap; chmod 700 $$wrap; \
+	$(2) $(1)/kubelet-sim demo --plugin-bin $$wrap > $(1)/demo.log 2>&1 \
+	  || { cat $(1)/demo.log; echo "round trip against kubelet-sim failed" >&2; exit 1; }; \
+	echo "$(1): round trip against kubelet-sim passed (log: $(1)/demo.log)"
+endef
+
+static: static-x86_64 static-aarch64
+
+static-x86_64: deps
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="$(STATIC_FLAGS)" \
+	  $(CARGO) build --release --target $(X86_64)
+	$(call check-static,$(STATIC_X86_64),)
+
+# Cross-built with Debian's aarch64 toolchain; checked under qemu.
+static-aarch64: deps
+	$(call install,g++-aarch64-linux-gnu qemu-user-static)
+	@rustup target list --installed | grep -qx $(AARCH64) || rustup target add $(AARCH64)
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="$(STATIC_FLAGS)" \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+	CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
+	CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++ \
+	AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar \
+	  $(CARGO) build --release --target $(AARCH64)
+	$(call check-static,$(STATIC_AARCH64),qemu-aarch64-static)
 
 # The plugins against the bundled kubelet simulator, in a temp dir.
 demo: build
 	$(RELEASE)/kubelet-sim demo --plugin-bin $(RELEASE)/kubelet-plugin
 
-# Every test, then formatting and lints.
-test: test-deps
+# Every test, then formatting and lints. The static binary is built first:
+# its own test runs it (src/tests/ship.rs).
+test: test-deps static-x86_64
 	$(CARGO) test
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
@@ -50,5 +118,82 @@ fmt:
 bench:
 	@echo "make bench: not yet (the benchmark issue adds it)"
 
+# Makes the crand nodes and writes the CDI specs once, on the real paths.
+cdi: build
+	$(RELEASE)/kubelet-plugin cdi --dev-dir $(DEV_DIR) --cdi-dir $(CDI_DIR)
+
+# One plugin each, on the real kubelet paths, in the foreground (as root).
+run.crand: build
+	$(RELEASE)/kubelet-plugin run --plugin crand --device-plugin-dir $(DEVICE_PLUGIN_DIR) \
+	  --dev-dir $(DEV_DIR) --cdi-dir $(CDI_DIR) --log-level $(LOG_LEVEL)
+
+run.kvm: build
+	$(RELEASE)/kubelet-plugin run --plugin kvm --device-plugin-dir $(DEVICE_PLUGIN_DIR) \
+	  --dev-dir $(DEV_DIR) --cdi-dir $(CDI_DIR) --log-level $(LOG_LEVEL)
+
+# A real, standalone kubelet (no API server) with kubelet/kubelet.yaml; its
+# log goes to kubelet/run/kubelet.log too.
+kubelet:
+	@if [ -z "$(KUBELET)" ] || [ ! -x "$(KUBELET)" ]; then \
+	  echo "make kubelet: set KUBELET to a kubelet binary, v1.31 or newer (got '$(KUBELET)')." >&2; \
+	  echo "  Get one from the Kubernetes release server, e.g." >&2; \
+	  echo "    curl -LO https://dl.k8s.io/release/v1.31.0/bin/linux/amd64/kubelet   # arm64: linux/arm64" >&2; \
+	  echo "    chmod +x kubelet && sudo make kubelet KUBELET=\$$PWD/kubelet" >&2; \
+	  echo "  It needs root, containerd on /run/containerd/containerd.sock, and swap off or allowed." >&2; \
+	  exit 2; \
+	fi
+	mkdir -p kubelet/run/pods
+	$(KUBELET) --config=$(abspath kubelet/kubelet.yaml) --v=2 2>&1 | tee kubelet/run/kubelet.log
+
+# The static pods in and out of the kubelet's static pod dir. Copied under a
+# dot name, then renamed: the kubelet skips dot files, so it never reads a
+# half-written manifest.
+deploy:
+	@test -d "$(STATIC_POD_DIR)" || { echo "make deploy: no static pod dir $(STATIC_POD_DIR): start the kubelet (make kubelet) or set STATIC_POD_DIR" >&2; exit 2; }
+	@for pod in $(PODS); do \
+	  cp kubelet/pods/$$pod "$(STATIC_POD_DIR)/.$$pod.tmp" && mv "$(STATIC_POD_DIR)/.$$pod.tmp" "$(STATIC_POD_DIR)/$$pod" || exit 1; \
+	  echo "deployed $(STATIC_POD_DIR)/$$pod"; \
+	done
+
+undeploy:
+	@for pod in $(PODS); do \
+	  if [ -e "$(STATIC_POD_DIR)/$$pod" ]; then rm -f "$(STATIC_POD_DIR)/$$pod" && echo "removed $(STATIC_POD_DIR)/$$pod"; fi; \
+	done
+
+# The DaemonSet's FROM-scratch image, with docker or podman.
+CONTAINER_ENGINE ?= $(shell command -v docker || command -v podman)
+IMAGE ?= kubelet-plugin:$(CARGO_VERSION)
+image: static
+	rm -rf $(TARGET_DIR)/image && mkdir -p $(TARGET_DIR)/image/amd64 $(TARGET_DIR)/image/arm64
+	cp $(STATIC_X86_64)/kubelet-plugin $(TARGET_DIR)/image/amd64/
+	cp $(STATIC_AARCH64)/kubelet-plugin $(TARGET_DIR)/image/arm64/
+	$(CONTAINER_ENGINE) build -f kubelet/daemonset/Dockerfile -t $(IMAGE) $(TARGET_DIR)/image
+
+# dist/kubelet-plugin-<version>-<arch>.tar.gz for both arches, and SHA256SUMS.
+# Reproducible: sorted names, root owner, the commit's time, gzip -n.
+DIST := dist
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || date +%s)
+release: static
+	rm -rf $(DIST) && mkdir -p $(DIST)/stage
+	@for arch in x86_64 aarch64; do \
+	  name=kubelet-plugin-$(VERSION)-$$arch; d=$(DIST)/stage/$$name; \
+	  mkdir -p $$d/bin $$d/init.d $$d/default $$d/systemd $$d/daemonset $$d/pods || exit 1; \
+	  cp $(TARGET_DIR)/$$arch-unknown-linux-gnu/release/kubelet-plugin \
+	     $(TARGET_DIR)/$$arch-unknown-linux-gnu/release/kubelet-sim $$d/bin/ && \
+	  cp kubelet/init.d/kubelet-plugin $$d/init.d/ && \
+	  cp kubelet/default/kubelet-plugin $$d/default/ && \
+	  cp kubelet/systemd/kubelet-plugin.service $$d/systemd/ && \
+	  cp kubelet/daemonset/daemonset.yaml kubelet/daemonset/Dockerfile $$d/daemonset/ && \
+	  cp kubelet/pods/*.yaml $$d/pods/ && cp kubelet/kubelet.yaml $$d/ && \
+	  sed -n '/<!-- release:begin -->/,/<!-- release:end -->/p' README.md | sed '1d;$$d' > $$d/README.md && \
+	  test -s $$d/README.md || { echo "README.md has no release excerpt" >&2; exit 1; }; \
+	  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@$(SOURCE_DATE_EPOCH) \
+	    -C $(DIST)/stage -cf - $$name | gzip -n -9 > $(DIST)/$$name.tar.gz || exit 1; \
+	done
+	rm -rf $(DIST)/stage
+	cd $(DIST) && sha256sum *.tar.gz > SHA256SUMS
+	@cd $(DIST) && ls -l *.tar.gz && cat SHA256SUMS
+
 clean:
 	$(CARGO) clean
+	rm -rf $(DIST)

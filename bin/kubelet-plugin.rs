@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use kubelet_plugin::{
     cli::{Cli, Command, RunArgs},
     error::{Error, Result, chain},
+    pidfile::PidFile,
     supervisor::Supervisor,
 };
 use simplelog::{ConfigBuilder, LevelFilter, ThreadLogMode, WriteLogger};
@@ -16,15 +17,17 @@ fn fail(msg: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = argh::from_env();
+    let cli: Cli = kubelet_plugin::cli::from_env();
     if cli.version {
-        println!("kubelet-plugin {}", env!("CARGO_PKG_VERSION"));
+        println!("kubelet-plugin {}", kubelet_plugin::VERSION);
         return ExitCode::SUCCESS;
     }
     let result = match cli.command {
         Some(Command::Run(args)) => run(args),
         Some(Command::Cdi(args)) => args.run(),
-        Some(Command::Status(args)) => kubelet_plugin::status::run(&args.device_plugin_dir),
+        Some(Command::Status(args)) => {
+            kubelet_plugin::status::run(&args.device_plugin_dir, &args.resource_domain)
+        }
         None => {
             return fail("no command given: try `kubelet-plugin run` or `kubelet-plugin --help`");
         }
@@ -47,9 +50,19 @@ fn run(args: RunArgs) -> Result<()> {
     let _ = WriteLogger::init(args.log_level, log_config, std::io::stderr());
 
     let config = args.config()?;
+    // Locked before anything is touched, so a refused second instance
+    // changes nothing; kept (and removed at the end) by the supervisor thread.
+    let pid_file = args.pid_file.as_deref().map(PidFile::lock).transpose()?;
     let result = std::thread::Builder::new()
         .name("supervisor".into())
-        .spawn(move || Supervisor::new(config).and_then(Supervisor::run))
+        .spawn(move || {
+            let supervisor = Supervisor::new(config)?;
+            let _pid_file = match pid_file {
+                Some(mut p) => p.ready().map(|()| Some(p))?,
+                None => None,
+            };
+            supervisor.run()
+        })
         .map_err(|e| Error::Invalid(format!("cannot start the supervisor thread: {e}")))?
         .join()
         .unwrap_or_else(|_| Err(Error::Invalid("supervisor panicked".into())));

@@ -152,9 +152,9 @@ fn serve(args: Serve) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = argh::from_env();
+    let cli: Cli = kubelet_plugin::cli::from_env();
     if cli.version {
-        println!("kubelet-sim {}", env!("CARGO_PKG_VERSION"));
+        println!("kubelet-sim {}", kubelet_plugin::VERSION);
         return ExitCode::SUCCESS;
     }
     let result = match cli.command {

@@ -18,6 +18,52 @@ use crate::{
 /// The plugins this binary has.
 pub const PLUGINS: &[&str] = &["crand", "kvm"];
 
+/// Parses the process's arguments like `argh::from_env`, but also takes
+/// `--flag=value` (argh knows only `--flag value`), the form Kubernetes
+/// manifests and the kubelet's own flags use. Exits 0 after `--help`, 1 on
+/// a bad flag, with argh's message.
+pub fn from_env<T: argh::TopLevelCommand>() -> T {
+    let args: Vec<String> = std::env::args().collect();
+    let cmd = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("kubelet-plugin")
+        .to_string();
+    let args = split_equals(args.into_iter().skip(1));
+    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    T::from_args(&[&cmd], &strs).unwrap_or_else(|early| match early.status {
+        Ok(()) => {
+            println!("{}", early.output);
+            std::process::exit(0)
+        }
+        Err(()) => {
+            eprintln!(
+                "{}\nRun {cmd} --help for more information.",
+                early.output.trim_end()
+            );
+            std::process::exit(1)
+        }
+    })
+}
+
+/// `--flag=value` -> `--flag`, `value`; everything after `--` is left alone.
+fn split_equals(args: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut options = true;
+    for arg in args {
+        options &= arg != "--";
+        match arg.split_once('=') {
+            Some((flag, value)) if options && flag.starts_with("--") => {
+                out.push(flag.to_string());
+                out.push(value.to_string());
+            }
+            _ => out.push(arg),
+        }
+    }
+    out
+}
+
 #[derive(FromArgs, Debug)]
 /// Kubernetes device plugins (crand, kvm) for the kubelet's v1beta1 API, with CDI.
 pub struct Cli {
@@ -49,6 +95,9 @@ pub struct StatusArgs {
     /// where the plugin sockets are
     #[argh(option, default = "PathBuf::from(\"/var/lib/kubelet/device-plugins\")")]
     pub device_plugin_dir: PathBuf,
+    /// domain of the resource names, as given to `run` (default github.com.ihcsim)
+    #[argh(option, default = "String::from(\"github.com.ihcsim\")")]
+    pub resource_domain: String,
 }
 
 #[derive(FromArgs, Debug)]
@@ -136,6 +185,10 @@ pub struct RunArgs {
     /// error, warn, info, debug or trace (default info)
     #[argh(option, default = "LevelFilter::Info", from_str_fn(parse_level))]
     pub log_level: LevelFilter,
+    /// lock this file against a second instance and write the pid into it
+    /// once the plugins are ready (for init scripts); removed at exit
+    #[argh(option)]
+    pub pid_file: Option<PathBuf>,
 }
 
 fn parse_level(s: &str) -> std::result::Result<LevelFilter, String> {
@@ -244,5 +297,37 @@ impl RunArgs {
             poll_interval: POLL_INTERVAL,
             register_timeout: Duration::from_secs(15),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_split_equals() {
+        let args = [
+            "run",
+            "--dev-dir=/d=x",
+            "--plugin",
+            "crand",
+            "-x=1",
+            "--",
+            "--a=b",
+        ];
+        let split = split_equals(args.iter().map(|s| s.to_string()));
+        assert_eq!(
+            split,
+            [
+                "run",
+                "--dev-dir",
+                "/d=x",
+                "--plugin",
+                "crand",
+                "-x=1",
+                "--",
+                "--a=b"
+            ]
+        );
     }
 }

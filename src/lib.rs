@@ -37,6 +37,7 @@ pub mod error;
 pub mod event;
 pub mod health;
 pub mod kubelet;
+pub mod pidfile;
 pub mod plugin;
 pub mod server;
 pub mod signals;
@@ -45,3 +46,11 @@ pub mod status;
 pub mod supervisor;
 pub mod thread;
 pub mod watch;
+
+/// The version `--version` prints: `make` passes Cargo.toml's version plus
+/// `git describe` (e.g. `0.1.0-3-gabc1234`); a bare `cargo build` has only
+/// Cargo.toml's.
+pub const VERSION: &str = match option_env!("KUBELET_PLUGIN_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};

@@ -9,6 +9,7 @@ use grpcio::{CallOption, ChannelBuilder, EnvBuilder, Environment};
 
 use crate::{
     api::{api, api_grpc},
+    cli::PLUGINS,
     error::{Error, Result},
     kubelet::KUBELET_SOCKET,
 };
@@ -34,9 +35,10 @@ pub fn devices(
     }
 }
 
-/// Prints the devices of every plugin socket in `dir`; fails when there is
-/// none or one does not answer.
-pub fn run(dir: &Path) -> Result<()> {
+/// Prints the devices of every plugin socket in `dir`, each under its
+/// resource name when it is one of ours (`<plugin>.sock` serves
+/// `<domain>/<plugin>`); fails when there is none or one does not answer.
+pub fn run(dir: &Path, domain: &str) -> Result<()> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io("read", dir, e))?;
     let mut socks: Vec<_> = entries
         .flatten()
@@ -54,7 +56,12 @@ pub fn run(dir: &Path) -> Result<()> {
     let env = Arc::new(EnvBuilder::new().cq_count(1).build());
     let mut silent = Vec::new();
     for sock in &socks {
-        let name = sock.file_name().unwrap_or_default().to_string_lossy();
+        let file = sock.file_name().unwrap_or_default().to_string_lossy();
+        // The API does not tell a plugin's resource; ours follow our naming.
+        let name = match file.strip_suffix(".sock") {
+            Some(plugin) if PLUGINS.contains(&plugin) => format!("{domain}/{plugin} ({file})"),
+            _ => file.to_string(),
+        };
         match devices(env.clone(), sock) {
             Ok(devices) => {
                 let healthy = devices.iter().filter(|(_, h)| h == "Healthy").count();
@@ -65,7 +72,7 @@ pub fn run(dir: &Path) -> Result<()> {
             }
             Err(e) => {
                 println!("{name}: not answering: {e}");
-                silent.push(name.into_owned());
+                silent.push(file.into_owned());
             }
         }
     }

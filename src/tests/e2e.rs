@@ -3,129 +3,35 @@
 //! in temp dirs (the tests run as root). Every wait is bounded.
 
 use std::{
-    io::{BufRead, BufReader},
     os::unix::fs::{FileTypeExt, MetadataExt},
     path::Path,
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex},
+    process::{Command, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 mod common;
 
-use common::{Dirs, dirs};
+use common::{Dirs, Plugin, dirs};
 use kubelet_plugin::{
     api::{api, api_grpc},
     sim::{Sim, SimEvent},
 };
-use nix::{
-    sys::{
-        signal::{Signal, kill},
-        stat::{Mode, SFlag, makedev, mknod, stat},
-    },
-    unistd::Pid,
+use nix::sys::{
+    signal::Signal,
+    stat::{Mode, SFlag, makedev, mknod, stat},
 };
 
 const CRAND: &str = "github.com.ihcsim/crand";
 const KVM: &str = "github.com.ihcsim/kvm";
 const WAIT: Duration = Duration::from_secs(5);
 
-/// A running plugin process; killed on drop. Its stderr is collected.
-struct Plugin {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Plugin {
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
-    }
-
-    fn signal(&self, sig: Signal) {
-        kill(self.pid(), sig).unwrap();
-    }
-
-    /// Waits at most `limit` for the process to exit.
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn threads(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/task", self.child.id()))
-            .unwrap()
-            .count()
-    }
-
-    /// The names of the process's threads, sorted.
-    fn thread_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", self.child.id()))
-            .unwrap()
-            .flatten()
-            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
-            .map(|n| n.trim().to_string())
-            .collect();
-        names.sort();
-        names
-    }
-
-    fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .unwrap()
-            .count()
-    }
-}
-
-impl Drop for Plugin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn plugin_cmd(d: &Dirs, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubelet-plugin"));
-    cmd.arg("run")
-        .arg("--device-plugin-dir")
-        .arg(&d.plugin)
-        .arg("--dev-dir")
-        .arg(&d.dev)
-        .arg("--cdi-dir")
-        .arg(&d.cdi)
-        .args(args);
-    cmd
+    common::plugin_cmd(env!("CARGO_BIN_EXE_kubelet-plugin"), d, args)
 }
 
 fn start(d: &Dirs, args: &[&str]) -> Plugin {
-    let mut child = plugin_cmd(d, args)
-        .arg("--log-level")
-        .arg("debug")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let sink = log.clone();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut l = sink.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    Plugin { child, log }
+    common::start(env!("CARGO_BIN_EXE_kubelet-plugin"), d, args)
 }
 
 fn random_rdev() -> u64 {
@@ -354,6 +260,7 @@ fn test_bad_flags_and_dirs_fail_with_one_clear_line() {
     let d = dirs();
     for (args, want) in [
         (&["--no-such-flag"][..], "--no-such-flag"),
+        (&["--crand-count=x"], "--crand-count"),
         (&["--plugin", "gpu"], "unknown plugin"),
         (&["--crand-count", "0"], "--crand-count 0"),
         (&["--crand-count", "100000"], "between 1 and 16384"),
@@ -678,7 +585,10 @@ fn test_status_lists_devices_and_fails_without_plugins() {
     let out = status();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("crand.sock: 3 devices, 2 healthy"), "{text}");
+    assert!(
+        text.contains("github.com.ihcsim/crand (crand.sock): 3 devices, 2 healthy"),
+        "{text}"
+    );
     assert!(text.contains("crand2       Unhealthy"), "{text}");
 
     // A socket nobody serves: named, and the exit code says so.

@@ -1,0 +1,599 @@
+//! Tests of the ways the plugin ships: the static binary, the init script,
+//! the systemd unit, the manifests in `kubelet/` and the make targets that
+//! move them. Real processes, real sockets, real device nodes, temp dirs
+//! only; every wait is bounded.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+mod common;
+
+use common::{Dirs, dirs};
+use kubelet_plugin::sim::{Sim, SimEvent};
+use nix::sys::{
+    signal::Signal,
+    stat::{Mode, SFlag, mknod, stat},
+};
+use serde::Deserialize as _;
+use serde_yaml::Value;
+
+const CRAND: &str = "github.com.ihcsim/crand";
+const KVM: &str = "github.com.ihcsim/kvm";
+const WAIT: Duration = Duration::from_secs(5);
+/// For whole commands (make, the init script): generous, but bounded.
+const COMMAND_LIMIT: Duration = Duration::from_secs(60);
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn debug_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kubelet-plugin")
+}
+
+/// Runs `cmd` to the end, at most [`COMMAND_LIMIT`]; stdin is empty.
+fn run(mut cmd: Command) -> Output {
+    let what = format!("{cmd:?}");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    rx.recv_timeout(COMMAND_LIMIT)
+        .unwrap_or_else(|_| panic!("{what} still running after {COMMAND_LIMIT:?}"))
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// True when process `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+fn make_kvm_node(d: &Dirs) {
+    let host = stat("/dev/kvm").expect("the host has /dev/kvm");
+    mknod(
+        &d.dev.join("kvm"),
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o666),
+        host.st_rdev,
+    )
+    .unwrap();
+}
+
+/// The x86_64 static build that `make static-x86_64` (a step of
+/// `make test`) leaves next to the debug build.
+fn static_bin() -> PathBuf {
+    let target = Path::new(debug_bin()).parent().unwrap().parent().unwrap();
+    target.join("x86_64-unknown-linux-gnu/release/kubelet-plugin")
+}
+
+#[test]
+fn test_static_binary_has_no_dynamic_deps_and_serves() {
+    let bin = static_bin();
+    assert!(
+        bin.exists(),
+        "{} is missing: `make test` builds it first (`make static-x86_64`)",
+        bin.display()
+    );
+    let mut file = Command::new("file");
+    file.arg("-b").arg(&bin);
+    let file = text(&run(file));
+    assert!(file.contains("static-pie linked"), "{file}");
+    assert!(!file.contains("interpreter") && !file.contains("not stripped"));
+    let mut ldd = Command::new("ldd");
+    ldd.arg(&bin);
+    let ldd = text(&run(ldd));
+    assert!(ldd.contains("statically linked"), "{ldd}");
+    assert!(!ldd.contains("=>"), "ldd lists libraries: {ldd}");
+    let mut version = Command::new(&bin);
+    version.arg("--version");
+    let version = text(&run(version));
+    assert!(
+        version.starts_with(&format!("kubelet-plugin {}", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+
+    let d = dirs();
+    let sim = Sim::start(&d.plugin).unwrap();
+    let mut p = common::start(&bin, &d, &["--plugin", "crand"]);
+    let devices = sim.wait_ready(CRAND, WAIT).unwrap();
+    assert_eq!(devices.len(), 3, "{devices:?}");
+    let resp = sim.allocate(CRAND, &["crand1".into()]).unwrap();
+    let names: Vec<_> = resp.container_responses[0]
+        .cdi_devices
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["github.com.ihcsim/crand=crand1"]);
+    p.signal(Signal::SIGTERM);
+    let status = p.wait_exit(WAIT).expect("exits on SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", p.log());
+    assert!(!d.plugin.join("crand.sock").exists());
+}
+
+/// The init script under `shell`, configured by a copy of the shipped
+/// defaults with the paths pointed into a temp dir.
+struct Init {
+    shell: &'static [&'static str],
+    config: PathBuf,
+    pidfile: PathBuf,
+    logfile: PathBuf,
+}
+
+impl Init {
+    fn new(shell: &'static [&'static str], d: &Dirs, dev_dir: &Path) -> Init {
+        let shipped =
+            std::fs::read_to_string(repo().join("kubelet/default/kubelet-plugin")).unwrap();
+        let tmp = d.tmp.path();
+        let (config, pidfile, logfile) = (
+            tmp.join("defaults"),
+            tmp.join("run/kubelet-plugin.pid"),
+            tmp.join("kubelet-plugin.log"),
+        );
+        std::fs::create_dir(tmp.join("run")).unwrap();
+        let overrides = format!(
+            "DAEMON=\"{}\"\nDEVICE_PLUGIN_DIR=\"{}\"\nDEV_DIR=\"{}\"\nCDI_DIR=\"{}\"\n\
+             PIDFILE=\"{}\"\nLOGFILE=\"{}\"\nKUBELET_PLUGIN_ARGS=\"--plugin crand --log-level debug\"\n",
+            debug_bin(),
+            d.plugin.display(),
+            dev_dir.display(),
+            d.cdi.display(),
+            pidfile.display(),
+            logfile.display(),
+        );
+        std::fs::write(&config, shipped + &overrides).unwrap();
+        Init {
+            shell,
+            config,
+            pidfile,
+            logfile,
+        }
+    }
+
+    /// Runs one action; returns the exit code and the output.
+    fn run(&self, action: &str) -> (i32, String) {
+        let mut cmd = Command::new(self.shell[0]);
+        cmd.args(&self.shell[1..])
+            .arg(repo().join("kubelet/init.d/kubelet-plugin"))
+            .arg(action)
+            .env("KUBELET_PLUGIN_CONFIG", &self.config);
+        let out = run(cmd);
+        (out.status.code().unwrap_or(-1), text(&out))
+    }
+
+    fn pid(&self) -> u32 {
+        std::fs::read_to_string(&self.pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.logfile).unwrap_or_default()
+    }
+}
+
+/// start, status, a second start, stop, status, under dash and busybox.
+#[test]
+fn test_init_script_start_status_stop() {
+    for shell in [&["sh"][..], &["busybox", "sh"][..]] {
+        let d = dirs();
+        let init = Init::new(shell, &d, &d.dev);
+        let sim = Sim::start(&d.plugin).unwrap();
+        assert_eq!(init.run("status").0, 3, "{shell:?}: status before start");
+
+        let (code, out) = init.run("start");
+        assert_eq!(code, 0, "{shell:?}: {out}{}", init.log());
+        let pid = init.pid();
+        assert!(out.contains(&format!("started (pid {pid})")), "{out}");
+        sim.wait_ready(CRAND, WAIT).unwrap();
+
+        let (code, out) = init.run("status");
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains(&format!("is running (pid {pid})")), "{out}");
+        assert!(
+            out.contains("github.com.ihcsim/crand (crand.sock): 3 devices, 3 healthy"),
+            "{out}"
+        );
+
+        let (code, out) = init.run("start");
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains(&format!("already running (pid {pid})")),
+            "{out}"
+        );
+        assert_eq!(init.pid(), pid);
+        assert!(alive(pid));
+        // A second copy would have logged its refusal by the pid file lock.
+        assert!(!init.log().contains("second one"), "{}", init.log());
+
+        let (code, out) = init.run("stop");
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("stopped"), "{out}");
+        assert!(!alive(pid), "pid {pid} still runs after stop");
+        assert!(!init.pidfile.exists());
+        assert!(!d.plugin.join("crand.sock").exists());
+        assert!(init.log().contains("stopped"), "{}", init.log());
+
+        let (code, out) = init.run("status");
+        assert_eq!(code, 3, "{out}");
+        assert!(out.contains("is not running"), "{out}");
+        assert_eq!(init.run("stop").0, 0, "stop when stopped is no error");
+    }
+}
+
+/// A pid file naming another live program, and a plugin that cannot start.
+#[test]
+fn test_init_script_stale_pid_file_and_failed_start() {
+    let d = dirs();
+    let init = Init::new(&["sh"], &d, &d.dev);
+    let sim = Sim::start(&d.plugin).unwrap();
+    // Our own pid: alive, but not kubelet-plugin.
+    std::fs::write(&init.pidfile, format!("{}\n", std::process::id())).unwrap();
+    let (code, out) = init.run("status");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("dead but"), "{out}");
+    let (code, out) = init.run("start");
+    assert_eq!(code, 0, "{out}{}", init.log());
+    assert_ne!(init.pid(), std::process::id());
+    sim.wait_ready(CRAND, WAIT).unwrap();
+    assert_eq!(init.run("stop").0, 0);
+    assert!(alive(std::process::id()));
+
+    let missing = d.tmp.path().join("no-such-dev");
+    let d3 = dirs();
+    let broken = Init::new(&["sh"], &d3, &missing);
+    let (code, out) = broken.run("start");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("failed to start"), "{out}");
+    assert!(
+        out.contains("--dev-dir"),
+        "the plugin's own error is shown: {out}"
+    );
+    assert!(!broken.pidfile.exists());
+    assert_eq!(broken.run("status").0, 3);
+}
+
+#[test]
+fn test_systemd_unit_verifies_and_orders_around_the_kubelet() {
+    let unit =
+        std::fs::read_to_string(repo().join("kubelet/systemd/kubelet-plugin.service")).unwrap();
+    let value = |key: &str| -> String {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(value("Restart"), "always");
+    assert!(value("After").contains("containerd.service"), "{unit}");
+    assert_eq!(value("Before"), "kubelet.service");
+    assert!(value("ExecReload").contains("-HUP"));
+    // The unit, the init script and its config agree on the binary.
+    let defaults = std::fs::read_to_string(repo().join("kubelet/default/kubelet-plugin")).unwrap();
+    assert!(defaults.contains("DAEMON=\"/usr/local/bin/kubelet-plugin\""));
+    assert!(value("ExecStart").starts_with("/usr/local/bin/kubelet-plugin run "));
+
+    // systemd's own check, with the binary where the unit expects it.
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("kubelet-plugin.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/kubelet-plugin", debug_bin()),
+    )
+    .unwrap();
+    let mut verify = Command::new("systemd-analyze");
+    verify.arg("verify").arg(&copy);
+    let out = run(verify);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// Every document of every YAML file under `kubelet/`, by file.
+fn manifests() -> Vec<(PathBuf, Value)> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() && p.file_name().unwrap() != "run" {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&repo().join("kubelet"), &mut files);
+    files.sort();
+    let mut docs = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v = Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            docs.push((f.clone(), v));
+        }
+    }
+    docs
+}
+
+fn of_kind<'a>(docs: &'a [(PathBuf, Value)], kind: &str) -> Vec<&'a Value> {
+    docs.iter()
+        .filter(|(_, v)| v["kind"] == kind)
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// Waits until every resource in `want` has registered and listed its
+/// devices; returns each one's device count.
+fn wait_listed(sim: &Sim, want: &[&str]) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    sim.wait_for("both plugins to list their devices", WAIT, |ev| {
+        if let SimEvent::Devices {
+            resource, devices, ..
+        } = ev
+        {
+            seen.insert(resource.clone(), devices.len());
+        }
+        want.iter().all(|r| seen.contains_key(*r)).then_some(())
+    })
+    .unwrap();
+    seen
+}
+
+#[test]
+fn test_every_yaml_parses_and_pods_request_what_the_plugin_registers() {
+    let docs = manifests();
+    assert!(docs.len() >= 4, "{docs:?}");
+
+    // The pods' extended resources (the ones with a domain) and counts.
+    let mut requested: BTreeMap<String, u64> = BTreeMap::new();
+    let pods = of_kind(&docs, "Pod");
+    assert_eq!(pods.len(), 2);
+    for pod in pods {
+        for c in pod["spec"]["containers"].as_sequence().unwrap() {
+            for (name, n) in c["resources"]["limits"].as_mapping().unwrap() {
+                let name = name.as_str().unwrap();
+                if name.contains('/') {
+                    *requested.entry(name.into()).or_default() += n.as_u64().unwrap();
+                }
+            }
+        }
+    }
+
+    // What the plugin really registers, with its default flags.
+    let d = dirs();
+    make_kvm_node(&d);
+    let sim = Sim::start(&d.plugin).unwrap();
+    let _p = common::start(debug_bin(), &d, &[]);
+    let listed = wait_listed(&sim, &[CRAND, KVM]);
+    assert_eq!(
+        requested.keys().collect::<BTreeSet<_>>(),
+        listed.keys().collect::<BTreeSet<_>>()
+    );
+    for (name, n) in &requested {
+        assert!(
+            *n as usize <= listed[name],
+            "{name}: pods ask {n}, plugin has {listed:?}"
+        );
+    }
+
+    // The DaemonSet: a node-critical, privileged pod on the host's paths.
+    let ds = of_kind(&docs, "DaemonSet");
+    assert_eq!(ds.len(), 1);
+    let spec = &ds[0]["spec"]["template"]["spec"];
+    assert_eq!(spec["priorityClassName"], "system-node-critical");
+    assert!(!spec["tolerations"].as_sequence().unwrap().is_empty());
+    let c = &spec["containers"][0];
+    assert_eq!(c["securityContext"]["privileged"], true);
+    for key in ["requests", "limits"] {
+        assert!(c["resources"][key]["memory"].is_string(), "{key}");
+    }
+    let host_path = |volume: &str| -> String {
+        spec["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == volume)
+            .unwrap()["hostPath"]["path"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let mut mounted = BTreeSet::new();
+    let host_dirs = ["/var/lib/kubelet/device-plugins", "/dev", "/var/run/cdi"];
+    for m in c["volumeMounts"].as_sequence().unwrap() {
+        let path = m["mountPath"].as_str().unwrap();
+        // Same path inside and out: the CDI specs name host paths.
+        assert_eq!(path, host_path(m["name"].as_str().unwrap()));
+        mounted.insert(path.to_string());
+    }
+    assert_eq!(mounted, host_dirs.iter().map(|s| s.to_string()).collect());
+
+    // The standalone kubelet's config: static pods where `make deploy`
+    // puts them (relative paths are taken from the config file's dir).
+    let kc = of_kind(&docs, "KubeletConfiguration");
+    assert_eq!(kc.len(), 1);
+    assert_eq!(kc[0]["featureGates"]["ResourceHealthStatus"], true);
+    assert!(
+        kc[0]["containerRuntimeEndpoint"]
+            .as_str()
+            .unwrap()
+            .contains("containerd.sock")
+    );
+    let static_pods = repo()
+        .join("kubelet")
+        .join(kc[0]["staticPodPath"].as_str().unwrap());
+    let makefile = std::fs::read_to_string(repo().join("Makefile")).unwrap();
+    let make_default = makefile
+        .lines()
+        .find_map(|l| l.strip_prefix("STATIC_POD_DIR")?.trim().strip_prefix("?="))
+        .unwrap()
+        .trim();
+    assert_eq!(static_pods, repo().join(make_default));
+}
+
+/// The DaemonSet's container args, with the host's dirs replaced by `d`'s.
+fn daemonset_args(d: &Dirs) -> Vec<String> {
+    let docs = manifests();
+    let ds = of_kind(&docs, "DaemonSet");
+    let args: Vec<String> = ds[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let a = a.as_str().unwrap();
+            a.replace(
+                "=/var/lib/kubelet/device-plugins",
+                &format!("={}", d.plugin.display()),
+            )
+            .replace("=/var/run/cdi", &format!("={}", d.cdi.display()))
+            .replace("=/dev", &format!("={}", d.dev.display()))
+        })
+        .collect();
+    let tmp = d.tmp.path().to_str().unwrap();
+    assert_eq!(
+        args.iter().filter(|a| a.contains(tmp)).count(),
+        3,
+        "the three dirs: {args:?}"
+    );
+    args
+}
+
+/// The image of kubelet/daemonset/Dockerfile, built by podman around the
+/// static binary and run as the DaemonSet runs it (privileged, read-only
+/// root, the dirs mounted at the same paths, its args): it registers with
+/// the simulator outside the container and stops on SIGTERM. Podman runs
+/// in a private mount namespace whose /run and /var/lib are fresh tmpfs, so
+/// nothing of it is left on the host.
+#[test]
+fn test_daemonset_image_serves_from_a_container() {
+    let bin = static_bin();
+    assert!(bin.exists(), "{}: run `make static-x86_64`", bin.display());
+    let d = dirs();
+    make_kvm_node(&d);
+    let base = d.tmp.path().join("podman");
+    std::fs::create_dir_all(base.join("context/amd64")).unwrap();
+    std::fs::copy(&bin, base.join("context/amd64/kubelet-plugin")).unwrap();
+    // The limits and runtime this sandbox allows (runc: cgroup v1 hybrid).
+    std::fs::write(
+        base.join("containers.conf"),
+        "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n\
+         [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+    )
+    .unwrap();
+    let podman = format!(
+        "podman --root {b}/storage --runroot /run/podman --storage-driver vfs",
+        b = base.display()
+    );
+    let tmp = d.tmp.path().display();
+    let script = format!(
+        "mount -t tmpfs none /run && mount -t tmpfs none /var/lib && \
+         {podman} build -q --isolation chroot -f {repo}/kubelet/daemonset/Dockerfile \
+           -t kubelet-plugin:test {b}/context >/dev/null && \
+         exec {podman} run --rm --network none --privileged --read-only -v {tmp}:{tmp} \
+           kubelet-plugin:test {args}",
+        repo = repo().display(),
+        b = base.display(),
+        args = daemonset_args(&d).join(" "),
+    );
+    let sim = Sim::start(&d.plugin).unwrap();
+    let mut container = common::Plugin::spawn(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .env("CONTAINERS_CONF", base.join("containers.conf")),
+    );
+    // Building and starting a container takes a second or two here.
+    let limit = Duration::from_secs(60);
+    let listed = sim
+        .wait_for("both plugins, from the container", limit, {
+            let mut seen = BTreeSet::new();
+            move |ev| {
+                if let SimEvent::Devices { resource, .. } = ev {
+                    seen.insert(resource.clone());
+                }
+                (seen.len() == 2).then(|| seen.clone())
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e}: {}", container.log()));
+    assert_eq!(listed, [CRAND, KVM].map(String::from).into());
+    assert!(
+        d.dev.join("crand0").exists(),
+        "nodes made in the mounted dev dir"
+    );
+    container.signal(Signal::SIGTERM);
+    let status = container.wait_exit(limit).expect("the container stops");
+    assert_eq!(status.code(), Some(0), "{}", container.log());
+    assert!(container.log().contains("stopped"), "{}", container.log());
+    assert!(!d.plugin.join("crand.sock").exists());
+}
+
+fn make(args: &[&str]) -> (i32, String) {
+    let mut cmd = Command::new("make");
+    cmd.arg("--no-print-directory")
+        .arg("-C")
+        .arg(repo())
+        .args(args)
+        // Not the outer make's (make test): its jobserver is not ours.
+        .env_remove("MAKEFLAGS")
+        .env_remove("MFLAGS")
+        .env_remove("MAKELEVEL")
+        .env_remove("KUBELET");
+    let out = run(cmd);
+    (out.status.code().unwrap_or(-1), text(&out))
+}
+
+#[test]
+fn test_make_deploy_undeploy_and_the_kubelet_hint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pods = tmp.path().join("pods");
+    let dir_arg = format!("STATIC_POD_DIR={}", pods.display());
+
+    let (code, out) = make(&["deploy", &dir_arg]);
+    assert_ne!(code, 0);
+    assert!(out.contains("no static pod dir"), "{out}");
+
+    std::fs::create_dir(&pods).unwrap();
+    let (code, out) = make(&["deploy", &dir_arg]);
+    assert_eq!(code, 0, "{out}");
+    let mut names: Vec<_> = std::fs::read_dir(&pods)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["busybox-crand.yaml", "busybox-kvm.yaml"]);
+    for n in &names {
+        assert_eq!(
+            std::fs::read(pods.join(n)).unwrap(),
+            std::fs::read(repo().join("kubelet/pods").join(n)).unwrap()
+        );
+    }
+    let (code, out) = make(&["undeploy", &dir_arg]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(std::fs::read_dir(&pods).unwrap().count(), 0);
+
+    for args in [
+        &["kubelet"][..],
+        &["kubelet", "KUBELET=/no/such/kubelet"][..],
+    ] {
+        let (code, out) = make(args);
+        assert_ne!(code, 0, "{out}");
+        assert!(out.contains("v1.31 or newer"), "{out}");
+        assert!(out.contains("https://dl.k8s.io/release/"), "{out}");
+    }
+}
