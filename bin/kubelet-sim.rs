@@ -5,7 +5,7 @@
 use std::{io::BufRead, path::PathBuf, process::ExitCode, time::Instant};
 
 use argh::FromArgs;
-use kubelet_plugin::sim::{Sim, SimEvent, demo};
+use kubelet_plugin::sim::{Sim, SimEvent, bench, demo};
 
 #[derive(FromArgs)]
 /// A kubelet stand-in for device plugins: serves Registration on kubelet.sock,
@@ -23,6 +23,7 @@ struct Cli {
 enum Cmd {
     Serve(Serve),
     Demo(Demo),
+    Bench(Bench),
 }
 
 #[derive(FromArgs)]
@@ -42,6 +43,43 @@ struct Demo {
     /// the plugin binary (default: kubelet-plugin beside this binary)
     #[argh(option)]
     plugin_bin: Option<PathBuf>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "bench")]
+/// Measure a device plugin binary against the simulator in temp dirs (needs
+/// root): latencies, throughput, footprint, scale; prints a table against
+/// the project's targets and writes the figures as JSON.
+struct Bench {
+    /// the plugin binary (default: kubelet-plugin beside this binary)
+    #[argh(option)]
+    plugin_bin: Option<PathBuf>,
+    /// where to write the JSON results (default bench-results.json)
+    #[argh(option, default = "PathBuf::from(\"bench-results.json\")")]
+    out: PathBuf,
+    /// health changes of each kind (default 200)
+    #[argh(option, default = "200")]
+    flips: usize,
+    /// kubelet restarts (default 1000)
+    #[argh(option, default = "1000")]
+    restarts: usize,
+    /// sequential Allocate calls (default 5000)
+    #[argh(option, default = "5000")]
+    allocates: usize,
+    /// seconds of idle CPU measurement (default 10)
+    #[argh(option, default = "10")]
+    idle_secs: u64,
+}
+
+/// The plugin binary named, or the one beside this binary.
+fn plugin_bin(named: Option<PathBuf>) -> Result<PathBuf, String> {
+    named
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .map(|p| p.with_file_name("kubelet-plugin"))
+        })
+        .ok_or_else(|| "cannot find kubelet-plugin: pass --plugin-bin".into())
 }
 
 fn fail(msg: &str) -> ExitCode {
@@ -159,17 +197,17 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Some(Cmd::Serve(args)) => serve(args),
-        Some(Cmd::Demo(args)) => {
-            let bin = args.plugin_bin.or_else(|| {
-                std::env::current_exe()
-                    .ok()
-                    .map(|p| p.with_file_name("kubelet-plugin"))
-            });
-            match bin {
-                Some(bin) => demo::run(&bin),
-                None => Err("cannot find kubelet-plugin: pass --plugin-bin".into()),
-            }
-        }
+        Some(Cmd::Demo(args)) => plugin_bin(args.plugin_bin).and_then(|bin| demo::run(&bin)),
+        Some(Cmd::Bench(args)) => plugin_bin(args.plugin_bin).and_then(|plugin_bin| {
+            bench::run(&bench::Options {
+                plugin_bin,
+                out: args.out,
+                flips: args.flips,
+                restarts: args.restarts,
+                allocates: args.allocates,
+                idle_secs: args.idle_secs,
+            })
+        }),
         None => Err("no command given: try `kubelet-sim serve` or `kubelet-sim --help`".into()),
     };
     match result {

@@ -49,6 +49,12 @@ pub fn host_node(path: &Path) -> Result<NodeId> {
     Ok(node_id(&st))
 }
 
+/// The permission bits of the node at `path` (symlinks followed).
+pub fn host_mode(path: &Path) -> Result<u32> {
+    let st = stat::stat(path).map_err(|e| Error::io("stat host device", path, e))?;
+    Ok(st.st_mode & 0o777)
+}
+
 /// Checks that `path` itself (never a symlink's target) is a character
 /// device numbered `want`. The error says why it is not, in a few words.
 pub fn check_char(path: &Path, want: NodeId) -> std::result::Result<(), String> {
@@ -77,25 +83,24 @@ pub fn check_char(path: &Path, want: NodeId) -> std::result::Result<(), String> 
     Ok(())
 }
 
-/// Makes `path` a character device `id` with mode 0666 when nothing is
-/// there. Whatever is there already is left alone (the health check reports
-/// it if it is wrong). Returns whether a node was made.
-pub fn ensure_char(path: &Path, id: NodeId) -> Result<bool> {
+/// Makes `path` a character device `id` with permission bits `mode` when
+/// nothing is there. Whatever is there already is left alone (the health
+/// check reports it if it is wrong). Returns whether a node was made.
+pub fn ensure_char(path: &Path, id: NodeId, mode: u32) -> Result<bool> {
     match stat::lstat(path) {
         Ok(_) => return Ok(false),
         Err(Errno::ENOENT) => {}
         Err(e) => return Err(Error::io("stat device node", path, e)),
     }
-    let mode = Mode::from_bits_truncate(0o666);
     stat::mknod(
         path,
         SFlag::S_IFCHR,
-        mode,
+        Mode::from_bits_truncate(mode),
         stat::makedev(id.major, id.minor),
     )
     .map_err(|e| Error::io("create device node", path, e))?;
     // mknod applies the umask; give the node the mode it is meant to have.
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
         .map_err(|e| Error::io("set mode of device node", path, e))?;
     Ok(true)
 }
@@ -110,9 +115,15 @@ mod tests {
         let random = host_node(Path::new("/dev/random")).unwrap();
         let node = dir.path().join("n");
         assert_eq!(check_char(&node, random).unwrap_err(), "node missing");
-        assert!(ensure_char(&node, random).unwrap());
-        assert!(!ensure_char(&node, random).unwrap());
+        assert!(ensure_char(&node, random, 0o640).unwrap());
+        assert!(!ensure_char(&node, random, 0o640).unwrap());
         check_char(&node, random).unwrap();
+        // The mode asked for, whatever the umask.
+        let mode = std::fs::metadata(&node).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o640
+        );
         let other = NodeId { major: 1, minor: 3 };
         assert_eq!(
             check_char(&node, other).unwrap_err(),

@@ -11,6 +11,7 @@
 use std::{
     fs::File,
     io::{Read, Seek, Write},
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -35,6 +36,7 @@ impl PidFile {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o644)
             .open(path)
             .map_err(context)?;
         let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -50,8 +52,10 @@ impl PidFile {
             }
         };
         // A stale pid from a killed run would read as "ready" too early.
+        // Readable by all, as pid files are; whatever mode a stale file had.
         file.set_len(0)
             .and_then(|()| file.rewind())
+            .and_then(|()| file.set_permissions(std::fs::Permissions::from_mode(0o644)))
             .map_err(|e| Error::io("truncate pid file", path, e))?;
         Ok(PidFile {
             path: path.to_path_buf(),

@@ -20,17 +20,21 @@ pub struct Crand {
     dev_dir: PathBuf,
     count: usize,
     id: NodeId,
+    /// The host node's permission bits, which the clones get too.
+    mode: u32,
 }
 
 impl Crand {
     /// A crand plugin of `count` devices in `dev_dir`. Reads the number of
-    /// the host's `/dev/random` once: it is 1:8 on Linux, but read, not assumed.
+    /// the host's `/dev/random` once: it is 1:8 on Linux, but read, not
+    /// assumed; its mode (0666 on Linux) too.
     pub fn new(domain: &str, dev_dir: &Path, count: usize) -> Result<Self> {
         Ok(Crand {
             resource: format!("{domain}/crand"),
             dev_dir: dev_dir.to_path_buf(),
             count,
             id: devnode::host_node(Path::new(HOST_RANDOM))?,
+            mode: devnode::host_mode(Path::new(HOST_RANDOM))?,
         })
     }
 
@@ -56,7 +60,7 @@ impl Plugin for Crand {
 
     fn prepare(&self) -> Result<()> {
         for node in self.nodes() {
-            if devnode::ensure_char(&node.host_path, self.id)? {
+            if devnode::ensure_char(&node.host_path, self.id, self.mode)? {
                 log::debug!("made node={} id={}", node.host_path.display(), self.id);
             }
         }

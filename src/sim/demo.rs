@@ -17,7 +17,7 @@ use super::Sim;
 const STEP: Duration = Duration::from_secs(10);
 
 /// Where the demo keeps its dirs; removed on drop.
-struct TempDir(PathBuf);
+pub(super) struct TempDir(pub(super) PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -26,7 +26,7 @@ impl Drop for TempDir {
 }
 
 /// A plugin process, killed if the demo fails half way.
-struct Plugin(Child);
+pub(super) struct Plugin(pub(super) Child);
 
 impl Drop for Plugin {
     fn drop(&mut self) {
@@ -47,7 +47,8 @@ fn table(devices: &[(String, String)]) {
     }
 }
 
-fn mknod_like(src: &Path, dst: &Path) -> Result<(), String> {
+/// Makes `dst` a character node with the major:minor of `src`.
+pub(super) fn mknod_like(src: &Path, dst: &Path) -> Result<(), String> {
     use nix::sys::stat::{Mode, SFlag, mknod, stat};
     let st = stat(src).map_err(|e| format!("stat {}: {e}", src.display()))?;
     mknod(

@@ -12,6 +12,7 @@
 //! it tests the wire. Threads: grpcio's, and `sim-connect`, which does the
 //! dial-back so the Register handler never blocks the poll thread.
 
+pub mod bench;
 pub mod demo;
 pub mod validate;
 
@@ -304,7 +305,8 @@ impl Sim {
         conns.get(resource).map(|c| c.devices.clone())
     }
 
-    fn client(&self, resource: &str) -> Result<api_grpc::DevicePluginClient, String> {
+    /// The client the simulator dialed `resource`'s plugin with.
+    pub fn client(&self, resource: &str) -> Result<api_grpc::DevicePluginClient, String> {
         let conns = self.shared.conns.lock().expect("sim lock");
         conns
             .get(resource)

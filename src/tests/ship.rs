@@ -597,3 +597,86 @@ fn test_make_deploy_undeploy_and_the_kubelet_hint() {
         assert!(out.contains("https://dl.k8s.io/release/"), "{out}");
     }
 }
+
+/// What the plugin creates, and with which mode, even under umask 000:
+/// sockets 0600, CDI specs and the pid file 0644, crand nodes with the mode
+/// of the `/dev/random` they clone, nothing else, nothing else
+/// world-writable.
+#[test]
+fn test_files_made_have_safe_modes_under_any_umask() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let d = dirs();
+    make_kvm_node(&d);
+    let sim = Sim::start(&d.plugin).unwrap();
+    let pid_file = d.tmp.path().join("kp.pid");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("umask 000; exec \"$@\"")
+        .arg("sh")
+        .arg(debug_bin())
+        .args(["run", "--pid-file"])
+        .arg(&pid_file);
+    for (flag, dir) in [
+        ("--device-plugin-dir", &d.plugin),
+        ("--dev-dir", &d.dev),
+        ("--cdi-dir", &d.cdi),
+    ] {
+        cmd.arg(flag).arg(dir);
+    }
+    let _p = common::Plugin::spawn(&mut cmd);
+    wait_listed(&sim, &[CRAND, KVM]);
+
+    let random = std::fs::metadata("/dev/random")
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    let mut seen = BTreeMap::new();
+    for dir in [&d.plugin, &d.dev, &d.cdi, &d.tmp.path().to_path_buf()] {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            if meta.is_dir() {
+                continue;
+            }
+            let name = e.file_name().into_string().unwrap();
+            let mode = meta.permissions().mode() & 0o7777;
+            let kind = meta.file_type();
+            let want = match name.as_str() {
+                "kubelet.sock" | "defaults" => continue, // the simulator's
+                "kvm" => continue,                       // made by this test
+                "crand.sock" | "kvm.sock" => {
+                    assert!(kind.is_socket(), "{name}");
+                    0o600
+                }
+                n if n.starts_with("crand") => {
+                    assert!(kind.is_char_device(), "{name}");
+                    random
+                }
+                n if n.ends_with(".json") || n == "kp.pid" => {
+                    assert!(kind.is_file(), "{name}");
+                    0o644
+                }
+                _ => panic!("unexpected file {}", e.path().display()),
+            };
+            assert_eq!(mode, want, "{}: {mode:o}", e.path().display());
+            if !kind.is_char_device() {
+                assert_eq!(mode & 0o002, 0, "{name} is world-writable");
+            }
+            seen.insert(name, mode);
+        }
+    }
+    let names: Vec<_> = seen.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "crand.sock",
+            "crand0",
+            "crand1",
+            "crand2",
+            "github.com.ihcsim-crand.json",
+            "github.com.ihcsim-kvm.json",
+            "kp.pid",
+            "kvm.sock"
+        ]
+    );
+}
