@@ -48,7 +48,7 @@ pub fn from_env<T: argh::TopLevelCommand>() -> T {
 }
 
 /// `--flag=value` -> `--flag`, `value`; everything after `--` is left alone.
-fn split_equals(args: impl Iterator<Item = String>) -> Vec<String> {
+pub fn split_equals(args: impl Iterator<Item = String>) -> Vec<String> {
     let mut out = Vec::new();
     let mut options = true;
     for arg in args {
@@ -262,6 +262,15 @@ pub fn build_plugins(
     for name in names {
         validate::resource_name(&format!("{domain}/{name}"))
             .map_err(|e| Error::Invalid(format!("--resource-domain {domain:?}: {e}")))?;
+        // The domain is also the CDI vendor, which the CDI parser wants to
+        // start with a letter: `0x.com` passes the kubelet's DNS rule, but
+        // runtimes would drop our spec and fail every container asking for
+        // its devices (found by fuzzing).
+        if !domain.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            return Err(Error::Invalid(format!(
+                "--resource-domain {domain:?}: must start with a letter, as CDI vendor names do"
+            )));
+        }
         plugins.push(match name {
             "crand" => Arc::new(Crand::new(
                 domain,
@@ -295,7 +304,10 @@ impl RunArgs {
             dev_dir: self.dev_dir.clone(),
             injection: self.device_injection,
             poll_interval: POLL_INTERVAL,
-            register_timeout: Duration::from_secs(15),
+            // The kubelet may spend up to 10 s dialing us back inside
+            // Register, then GetDevicePluginOptions on the same context:
+            // a shorter deadline would cancel a registration on its way.
+            register_timeout: Duration::from_secs(30),
         })
     }
 }
@@ -303,6 +315,17 @@ impl RunArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_resource_domain_must_make_a_cdi_vendor() {
+        let (kvm, dev) = (["kvm".to_string()], std::path::Path::new("/nonexistent"));
+        let err = build_plugins(&kvm, "0x.com", dev, 1, 1).unwrap_err();
+        assert!(
+            err.to_string().contains("must start with a letter"),
+            "{err}"
+        );
+        assert!(build_plugins(&kvm, "x0.com", dev, 1, 1).is_ok());
+    }
 
     #[test]
     fn test_split_equals() {

@@ -24,7 +24,9 @@ pub struct Stopper(#[allow(dead_code)] OwnedFd);
 /// What [`DirWatch::wait`] saw.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Wake {
-    /// Entries changed; their names.
+    /// Entries changed; their names. Empty when the kernel could not say
+    /// which (the event queue overflowed, or the dir itself changed):
+    /// then anything may have changed.
     Changed(Vec<OsString>),
     /// The timeout passed with no change.
     Timeout,
@@ -88,12 +90,23 @@ impl DirWatch {
             return Ok(Wake::Stopped);
         }
         let mut names = Vec::new();
+        let mut unnamed = false;
         loop {
             match self.inotify.read_events() {
-                Ok(events) => names.extend(events.into_iter().filter_map(|e| e.name)),
+                Ok(events) => {
+                    for e in events {
+                        match e.name {
+                            Some(name) => names.push(name),
+                            None => unnamed = true,
+                        }
+                    }
+                }
                 Err(Errno::EAGAIN) => break,
                 Err(e) => return Err(Error::io("read inotify events", "", e)),
             }
+        }
+        if unnamed {
+            names.clear();
         }
         Ok(Wake::Changed(names))
     }

@@ -19,6 +19,33 @@ use crate::{
 /// How often every node is probed without any inotify event.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The plugin's devices after the dev-dir entries `changed` (`None`: any)
+/// changed: only the devices that depend on them are probed again, the
+/// rest is taken from `last`. `None` when no device of the plugin is
+/// concerned.
+fn probe(plugin: &dyn Plugin, last: &[Device], changed: Option<&[String]>) -> Option<Vec<Device>> {
+    let Some(names) = changed else {
+        return Some(plugin.probe());
+    };
+    let mut concerned = std::collections::BTreeSet::new();
+    for name in names {
+        match plugin.devices_of_entry(name) {
+            None => return Some(plugin.probe()),
+            Some(indexes) => concerned.extend(indexes),
+        }
+    }
+    if concerned.is_empty() {
+        return None;
+    }
+    let mut now = last.to_vec();
+    for i in concerned {
+        if let Some(slot) = now.get_mut(i) {
+            *slot = plugin.probe_one(i);
+        }
+    }
+    Some(now)
+}
+
 /// Runs the health loop until the watch's stopper is dropped. `last` holds
 /// the lists the supervisor already has, one per plugin.
 pub fn run(
@@ -29,13 +56,30 @@ pub fn run(
     events: Sender<Event>,
 ) -> Result<(), String> {
     loop {
-        match watch.wait(Some(interval)).map_err(|e| chain(&e))? {
-            Wake::Stopped => return Ok(()),
-            Wake::Timeout => log::trace!("health poll"),
-            Wake::Changed(names) => log::debug!("dev dir changed entries={names:?}"),
-        }
+        // The entries that changed; `None`: check everything.
+        let changed: Option<Vec<String>> =
+            match watch.wait(Some(interval)).map_err(|e| chain(&e))? {
+                Wake::Stopped => return Ok(()),
+                Wake::Timeout => {
+                    log::trace!("health poll");
+                    None
+                }
+                Wake::Changed(names) => {
+                    log::debug!("dev dir changed entries={names:?}");
+                    // A name that is not UTF-8 is no device node of ours.
+                    (!names.is_empty()).then(|| {
+                        names
+                            .iter()
+                            .filter_map(|n| n.to_str())
+                            .map(String::from)
+                            .collect()
+                    })
+                }
+            };
         for (i, plugin) in plugins.iter().enumerate() {
-            let now = plugin.probe();
+            let Some(now) = probe(plugin.as_ref(), &last[i], changed.as_deref()) else {
+                continue;
+            };
             let diff = device::changed(&last[i], &now);
             if diff.is_empty() {
                 continue;
@@ -69,5 +113,37 @@ pub fn run(
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{device::Health, plugin::crand::Crand};
+
+    #[test]
+    fn test_probe_only_what_the_changed_entries_concern() {
+        let dir = tempfile::tempdir().unwrap();
+        let crand = Crand::new("example.com", dir.path(), 3).unwrap();
+        crand.prepare().unwrap();
+        let last = crand.probe();
+        assert!(last.iter().all(|d| d.health == Health::Healthy));
+        std::fs::remove_file(dir.path().join("crand1")).unwrap();
+        std::fs::remove_file(dir.path().join("crand2")).unwrap();
+
+        // Only crand1 is named: crand2's change waits for its own event.
+        let now = probe(&crand, &last, Some(&["crand1".into()])).unwrap();
+        let health: Vec<_> = now.iter().map(|d| d.health).collect();
+        assert_eq!(
+            health,
+            [Health::Healthy, Health::Unhealthy, Health::Healthy]
+        );
+        // Entries that are no node of ours concern nothing.
+        let others = ["kvm".into(), "crand3".into(), "crand01".into()];
+        assert!(probe(&crand, &last, Some(&others)).is_none());
+        // Unknown changes (overflow) and the timer probe everything.
+        let all = probe(&crand, &last, None).unwrap();
+        assert_eq!(all, crand.probe());
+        assert_eq!(all[2].health, Health::Unhealthy);
     }
 }

@@ -35,6 +35,7 @@ pub mod devnode;
 pub mod dirwatch;
 pub mod error;
 pub mod event;
+pub mod fuzzing;
 pub mod health;
 pub mod kubelet;
 pub mod pidfile;

@@ -103,6 +103,27 @@ impl Service {
             .collect();
         Ok(resp)
     }
+
+    /// The answer to an Allocate request: one container response per
+    /// container request, in order, or the first refusal's message (sent as
+    /// INVALID_ARGUMENT). The gRPC handler and the fuzz harness call this.
+    pub fn allocate_response(
+        &self,
+        req: &api::AllocateRequest,
+    ) -> std::result::Result<api::AllocateResponse, String> {
+        if req.container_requests.is_empty() {
+            return Err("no container requests".to_string());
+        }
+        let container_responses = req
+            .container_requests
+            .iter()
+            .map(|c| self.allocate_one(&c.devices_ids).map_err(|e| e.to_string()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(api::AllocateResponse {
+            container_responses,
+            ..Default::default()
+        })
+    }
 }
 
 fn reply<T: Send + 'static>(
@@ -187,17 +208,9 @@ impl api_grpc::DevicePlugin for Service {
         sink: UnarySink<api::AllocateResponse>,
     ) {
         let resource = self.plugin.resource();
-        let result = if req.container_requests.is_empty() {
-            Err("no container requests".to_string())
-        } else {
-            req.container_requests
-                .iter()
-                .map(|c| self.allocate_one(&c.devices_ids).map_err(|e| e.to_string()))
-                .collect::<std::result::Result<Vec<_>, _>>()
-        };
-        let result = match result {
-            Ok(container_responses) => {
-                for (creq, cresp) in req.container_requests.iter().zip(&container_responses) {
+        let result = match self.allocate_response(&req) {
+            Ok(resp) => {
+                for (creq, cresp) in req.container_requests.iter().zip(&resp.container_responses) {
                     let cdi: Vec<_> = cresp.cdi_devices.iter().map(|c| c.name.as_str()).collect();
                     log::info!(
                         "allocated resource={resource} devices={} cdi={} specs={}",
@@ -206,10 +219,7 @@ impl api_grpc::DevicePlugin for Service {
                         cresp.devices.len()
                     );
                 }
-                Ok(api::AllocateResponse {
-                    container_responses,
-                    ..Default::default()
-                })
+                Ok(resp)
             }
             Err(msg) => {
                 log::warn!("allocate refused resource={resource}: {msg}");

@@ -304,11 +304,21 @@ impl Supervisor {
             .is_some_and(|l| kubelet::socket_id(&slot.socket) == Some(l.socket));
         if kubelet.is_none() {
             if !slot.waiting {
-                log::info!(
-                    "waiting for {} resource={}",
-                    kubelet_sock.display(),
-                    slot.resource()
-                );
+                // Something that is not a socket cannot be dialled: say so,
+                // or "waiting for" reads like a hang next to the file.
+                if std::fs::symlink_metadata(&kubelet_sock).is_ok() {
+                    log::warn!(
+                        "{} is not a socket; waiting for the kubelet to replace it resource={}",
+                        kubelet_sock.display(),
+                        slot.resource()
+                    );
+                } else {
+                    log::info!(
+                        "waiting for {} resource={}",
+                        kubelet_sock.display(),
+                        slot.resource()
+                    );
+                }
                 slot.waiting = true;
             }
             // Nothing to register with; the dir watch wakes us when it is back.

@@ -68,15 +68,20 @@ impl Plugin for Crand {
     }
 
     fn probe(&self) -> Vec<Device> {
-        (0..self.count)
-            .map(|i| {
-                let node = self.node_of(i);
-                match devnode::check_char(&node.host_path, self.id) {
-                    Ok(()) => Device::healthy(node.cdi_name),
-                    Err(why) => Device::unhealthy(node.cdi_name, why),
-                }
-            })
-            .collect()
+        (0..self.count).map(|i| self.probe_one(i)).collect()
+    }
+
+    fn devices_of_entry(&self, name: &str) -> Option<Vec<usize>> {
+        // Device i is node crandI and nothing else.
+        Some(parse_index(name, "crand", self.count).into_iter().collect())
+    }
+
+    fn probe_one(&self, index: usize) -> Device {
+        let node = self.node_of(index);
+        match devnode::check_char(&node.host_path, self.id) {
+            Ok(()) => Device::healthy(node.cdi_name),
+            Err(why) => Device::unhealthy(node.cdi_name, why),
+        }
     }
 
     fn node(&self, id: &str) -> Option<DeviceNode> {

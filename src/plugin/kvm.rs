@@ -81,6 +81,13 @@ impl Plugin for Kvm {
             .collect()
     }
 
+    fn devices_of_entry(&self, name: &str) -> Option<Vec<usize>> {
+        // Every slot shares the one node; other entries are not ours (and
+        // probing opens /dev/kvm, which is worth sparing).
+        let ours = self.node.host_path.file_name().is_some_and(|n| n == name);
+        if ours { None } else { Some(Vec::new()) }
+    }
+
     fn node(&self, id: &str) -> Option<DeviceNode> {
         parse_index(id, "kvm", self.count).map(|_| self.node.clone())
     }

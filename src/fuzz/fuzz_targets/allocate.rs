@@ -1,0 +1,4 @@
+//! cargo-fuzz target: bytes -> `kubelet_plugin::fuzzing::allocate`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kubelet_plugin::fuzzing::allocate(data));
