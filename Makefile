@@ -4,7 +4,7 @@ CARGO   ?= cargo
 RELEASE := $(or $(CARGO_TARGET_DIR),target)/release
 
 .PHONY: all deps test-deps build static static-x86_64 static-aarch64 demo test \
-	lint fmt bench cdi kubelet run.crand run.kvm deploy undeploy image release clean
+	lint fmt bench fuzz cdi kubelet run.crand run.kvm deploy undeploy image release clean
 
 # Where the targets that touch a real node work; override on the command
 # line, e.g. `make run.crand DEVICE_PLUGIN_DIR=/tmp/dp`.
@@ -120,6 +120,23 @@ fmt:
 BENCH_OUT := $(TARGET_DIR)/bench/results.json
 bench: static-x86_64
 	$(STATIC_X86_64)/kubelet-sim bench --plugin-bin $(STATIC_X86_64)/kubelet-plugin --out $(BENCH_OUT)
+
+# cargo fuzz (nightly) on each harness of src/fuzzing.rs for FUZZ_SECONDS.
+# The kept corpus, testdata/fuzz/<target>, is read; what a run finds goes to
+# target/fuzz-corpus/<target> (copy what is worth keeping), crashes to
+# src/fuzz/artifacts/<target>. The first run builds the grpcio C core once
+# more, for the fuzz build (about 14 min here).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := allocate names flags
+fuzz: deps
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(TARGET_DIR)/fuzz-corpus/$$t && \
+	  echo "fuzzing $$t for $(FUZZ_SECONDS) s" && \
+	  $(CARGO) +nightly fuzz run --fuzz-dir src/fuzz $$t $(TARGET_DIR)/fuzz-corpus/$$t testdata/fuzz/$$t \
+	    -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 # Makes the crand nodes and writes the CDI specs once, on the real paths.
 cdi: build

@@ -16,6 +16,7 @@ use std::{
 
 use crate::{
     error::{Error, Result},
+    json::json_str,
     plugin::Plugin,
 };
 
@@ -43,23 +44,6 @@ pub fn env_name(cdi_name: &str) -> String {
         })
         .collect();
     format!("CDI_DEVICE_{name}")
-}
-
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// The spec of `plugin` as JSON, one device per line group, stable byte for

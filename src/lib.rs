@@ -37,6 +37,7 @@ pub mod error;
 pub mod event;
 pub mod fuzzing;
 pub mod health;
+pub mod json;
 pub mod kubelet;
 pub mod pidfile;
 pub mod plugin;

@@ -24,7 +24,10 @@ use super::{
     Sim, SimEvent,
     demo::{Plugin, TempDir, mknod_like},
 };
-use crate::api::{api, api_grpc};
+use crate::{
+    api::{api, api_grpc},
+    json::json_str,
+};
 
 const CRAND: &str = "github.com.ihcsim/crand";
 const KVM: &str = "github.com.ihcsim/kvm";
@@ -100,9 +103,9 @@ impl Report {
             let _ = writeln!(
                 s,
                 "    {{\"figure\": {}, \"value\": {}, \"target\": {}, \"result\": {pass}}}{}",
-                quote(&f.name),
-                quote(&f.value),
-                quote(&f.target),
+                json_str(&f.name),
+                json_str(&f.value),
+                json_str(&f.target),
                 if i + 1 < self.figures.len() { "," } else { "" }
             );
         }
@@ -111,7 +114,7 @@ impl Report {
             let _ = writeln!(
                 s,
                 "    {}: {v}{}",
-                quote(k),
+                json_str(k),
                 if i + 1 < self.json.len() { "," } else { "" }
             );
         }
@@ -146,22 +149,6 @@ impl Report {
             println!("{:<w$}  {:>v$}  {:<t$}  {r}", f.name, f.value, f.target);
         }
     }
-}
-
-fn quote(s: &str) -> String {
-    let mut q = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => q.push_str("\\\""),
-            '\\' => q.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(q, "\\u{:04x}", c as u32);
-            }
-            c => q.push(c),
-        }
-    }
-    q.push('"');
-    q
 }
 
 /// A latency distribution in milliseconds.
