@@ -24,7 +24,7 @@ pub enum Event {
         /// Every device of the plugin.
         devices: Vec<Device>,
     },
-    /// From the `plugin-dir` thread: entries of the device plugin dir changed.
+    /// From the `health` thread: entries of the device plugin dir changed.
     PluginDir,
     /// From a Register call: the kubelet's answer.
     Registered {

@@ -1,8 +1,14 @@
-//! The `health` thread: probes every device of every plugin when the dev dir
-//! changes (inotify, so a change is seen at once) and on a slow timer (the
-//! safety net for changes inotify cannot see), and sends a plugin's full
-//! device list to the supervisor whenever any of its devices changed.
-//! Failed devices stay in the list as Unhealthy and recover when fixed.
+//! The `health` thread: probes the devices of every plugin when the dev dir
+//! changes (inotify, so a change is seen at once; only the devices whose
+//! nodes changed) and all of them on a slow timer (the safety net for
+//! changes inotify cannot see), and sends a plugin's full device list to
+//! the supervisor whenever any of its devices changed. Failed devices stay
+//! in the list as Unhealthy and recover when fixed.
+//!
+//! The same inotify instance watches the device plugin dir for the
+//! supervisor, which cannot wait on a file descriptor and its channel at
+//! once: a change there is forwarded as [`Event::PluginDir`]. One thread
+//! for both keeps the process within its thread budget.
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,7 +16,7 @@ use crossbeam_channel::Sender;
 
 use crate::{
     device::{self, Device},
-    dirwatch::{DirWatch, Wake},
+    dirwatch::{Changes, DirWatch, Wake},
     error::chain,
     event::Event,
     plugin::Plugin,
@@ -46,8 +52,14 @@ fn probe(plugin: &dyn Plugin, last: &[Device], changed: Option<&[String]>) -> Op
     Some(now)
 }
 
-/// Runs the health loop until the watch's stopper is dropped. `last` holds
-/// the lists the supervisor already has, one per plugin.
+/// Which dir of the [`DirWatch`] given to [`run`] is which.
+pub const DEV_DIR: usize = 0;
+/// See [`DEV_DIR`].
+pub const PLUGIN_DIR: usize = 1;
+
+/// Runs the health loop until the watch's stopper is dropped. `watch`
+/// watches the dev dir and the device plugin dir, in that order. `last`
+/// holds the lists the supervisor already has, one per plugin.
 pub fn run(
     plugins: Vec<Arc<dyn Plugin>>,
     mut last: Vec<Vec<Device>>,
@@ -64,16 +76,29 @@ pub fn run(
                     log::trace!("health poll");
                     None
                 }
-                Wake::Changed(names) => {
-                    log::debug!("dev dir changed entries={names:?}");
-                    // A name that is not UTF-8 is no device node of ours.
-                    (!names.is_empty()).then(|| {
-                        names
-                            .iter()
-                            .filter_map(|n| n.to_str())
-                            .map(String::from)
-                            .collect()
-                    })
+                Wake::Changed(mut dirs) => {
+                    let plugin_dir = std::mem::take(&mut dirs[PLUGIN_DIR]);
+                    if plugin_dir != Changes::None {
+                        log::debug!("plugin dir changed entries={plugin_dir:?}");
+                        if events.send(Event::PluginDir).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    match std::mem::take(&mut dirs[DEV_DIR]) {
+                        Changes::None => continue,
+                        Changes::Any => None,
+                        Changes::Named(names) => {
+                            log::debug!("dev dir changed entries={names:?}");
+                            // A name that is not UTF-8 is no device node of ours.
+                            Some(
+                                names
+                                    .iter()
+                                    .filter_map(|n| n.to_str())
+                                    .map(String::from)
+                                    .collect(),
+                            )
+                        }
+                    }
                 }
             };
         for (i, plugin) in plugins.iter().enumerate() {

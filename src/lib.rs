@@ -7,9 +7,10 @@
 //! ```text
 //! main        parses flags, starts logging, runs the supervisor thread, exits with its result
 //! signals     SIGTERM/SIGINT -> Event::Signal(Shutdown), SIGHUP -> Event::Signal(Reregister)
-//! health      inotify on the dev dir + a slow timer; probes every device node;
-//!             on a change -> Event::Health { plugin, full device list }
-//! plugin-dir  inotify on the device plugin dir -> Event::PluginDir
+//! health      inotify on the dev dir + a slow timer; probes the device nodes that
+//!             changed (all on the timer); on a change -> Event::Health { plugin,
+//!             full device list }; on the same inotify, the device plugin dir
+//!             -> Event::PluginDir
 //! supervisor  owns every plugin's life: serve -> check own socket answers -> Register;
 //!             re-serves and re-registers on kubelet restarts, lost streams, SIGHUP;
 //!             publishes health updates into each plugin's snapshot (a Watch)

@@ -24,7 +24,7 @@ use grpcio::{EnvBuilder, Environment, Server};
 use crate::{
     cdi,
     device::Device,
-    dirwatch::{DirWatch, Wake},
+    dirwatch::DirWatch,
     error::{Error, Result, chain},
     event::{Event, SignalAction},
     health,
@@ -182,11 +182,10 @@ impl Supervisor {
     /// Runs until SIGTERM or SIGINT (Ok) or a fatal error.
     pub fn run(mut self) -> Result<()> {
         let (signals, signals_join) = signals::spawn(self.events.clone())?;
-        let (dev_watch, dev_stop) = DirWatch::new(&self.cfg.dev_dir)?;
-        let (dir_watch, dir_stop) = DirWatch::new(&self.cfg.plugin_dir)?;
+        // In health's order: health::DEV_DIR, health::PLUGIN_DIR.
+        let (watch, watch_stop) = DirWatch::new(&[&self.cfg.dev_dir, &self.cfg.plugin_dir])?;
         let mut joins = vec![signals_join];
-        joins.push(self.spawn_health(dev_watch)?);
-        joins.push(spawn_dir_watch(dir_watch, self.events.clone())?);
+        joins.push(self.spawn_health(watch)?);
         let threads = joins.len();
 
         let result = self.event_loop();
@@ -195,7 +194,7 @@ impl Supervisor {
             slot.teardown();
         }
         signals.close();
-        drop((dev_stop, dir_stop));
+        drop(watch_stop);
         self.join(joins, threads);
         result
     }
@@ -506,24 +505,4 @@ impl Supervisor {
             }
         }
     }
-}
-
-/// The `plugin-dir` thread: forwards changes in the device plugin dir to
-/// the supervisor, which re-checks `kubelet.sock` and our sockets.
-fn spawn_dir_watch(mut watch: DirWatch, events: Sender<Event>) -> Result<JoinHandle<()>> {
-    let tx = events.clone();
-    spawn_named("plugin-dir", events, move || {
-        loop {
-            match watch.wait(None).map_err(|e| chain(&e))? {
-                Wake::Stopped => return Ok(()),
-                Wake::Timeout => {}
-                Wake::Changed(names) => {
-                    log::debug!("plugin dir changed entries={names:?}");
-                    if tx.send(Event::PluginDir).is_err() {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-    })
 }

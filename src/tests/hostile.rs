@@ -327,13 +327,7 @@ fn assert_back_to(p: &Plugin, base: Usage, what: &str) {
 
 /// Our own threads, each exactly once.
 fn assert_own_threads_once(p: &Plugin) {
-    let ours = [
-        "health",
-        "kubelet-plugin",
-        "plugin-dir",
-        "signals",
-        "supervisor",
-    ];
+    let ours = ["health", "kubelet-plugin", "signals", "supervisor"];
     let names: Vec<String> = p
         .thread_names()
         .into_iter()
