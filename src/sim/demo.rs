@@ -37,13 +37,21 @@ impl Drop for Plugin {
     }
 }
 
+/// Prints a line; a closed stdout (`make demo | head`) is ignored, where
+/// `println!` would panic and, with `panic = "abort"`, leave the plugin and
+/// the temp dir behind.
+fn out(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
 fn say(line: &str) {
-    println!("demo  | {line}");
+    out(&format!("demo  | {line}"));
 }
 
 fn table(devices: &[(String, String)]) {
     for (id, health) in devices {
-        println!("demo  |     {id:<10} {health}");
+        out(&format!("demo  |     {id:<10} {health}"));
     }
 }
 
@@ -103,7 +111,7 @@ pub fn run(plugin_bin: &Path) -> Result<(), String> {
         .name("demo-log".into())
         .spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                println!("plugin| {line}");
+                out(&format!("plugin| {line}"));
             }
         })
         .map_err(|e| e.to_string())?;
