@@ -81,13 +81,14 @@ endef
 static: static-x86_64 static-aarch64
 
 static-x86_64: deps
+	$(call install,file)
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="$(STATIC_FLAGS)" \
 	  $(CARGO) build --release --target $(X86_64)
 	$(call check-static,$(STATIC_X86_64),)
 
 # Cross-built with Debian's aarch64 toolchain; checked under qemu.
 static-aarch64: deps
-	$(call install,g++-aarch64-linux-gnu qemu-user-static)
+	$(call install,file g++-aarch64-linux-gnu qemu-user-static)
 	@rustup target list --installed | grep -qx $(AARCH64) || rustup target add $(AARCH64)
 	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="$(STATIC_FLAGS)" \
 	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
