@@ -259,18 +259,18 @@ pub fn build_plugins(
 ) -> Result<Vec<Arc<dyn Plugin>>> {
     let names = plugin_names(asked)?;
     let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
+    // The domain is also the CDI vendor, which the CDI parser wants to
+    // start with a letter: `0x.com` passes the kubelet's DNS rule, but
+    // runtimes would drop our spec and fail every container asking for
+    // its devices (found by fuzzing).
+    if !domain.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return Err(Error::Invalid(format!(
+            "--resource-domain {domain:?}: must start with a letter, as CDI vendor names do"
+        )));
+    }
     for name in names {
         validate::resource_name(&format!("{domain}/{name}"))
             .map_err(|e| Error::Invalid(format!("--resource-domain {domain:?}: {e}")))?;
-        // The domain is also the CDI vendor, which the CDI parser wants to
-        // start with a letter: `0x.com` passes the kubelet's DNS rule, but
-        // runtimes would drop our spec and fail every container asking for
-        // its devices (found by fuzzing).
-        if !domain.starts_with(|c: char| c.is_ascii_alphabetic()) {
-            return Err(Error::Invalid(format!(
-                "--resource-domain {domain:?}: must start with a letter, as CDI vendor names do"
-            )));
-        }
         plugins.push(match name {
             "crand" => Arc::new(Crand::new(
                 domain,
