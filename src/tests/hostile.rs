@@ -278,6 +278,39 @@ fn wait_log(p: &Plugin, what: &str) {
 
 // ---- resources -------------------------------------------------------------
 
+/// A crand plugin registered with the simulator, with grpc's own pools
+/// warmed up by a first stream, and what it holds then: the base a leak
+/// check returns to. Bind the fields `d` first, so that they drop in the
+/// reverse order: the plugin before the simulator, the dirs last.
+struct Warm {
+    env: Arc<Environment>,
+    sock: std::path::PathBuf,
+    p: Plugin,
+    sim: Sim,
+    base: Usage,
+    d: Dirs,
+}
+
+fn warm_crand() -> Warm {
+    let d = dirs();
+    let sim = Sim::start(&d.plugin).unwrap();
+    let p = start(&d, &["--plugin", "crand"]);
+    sim.wait_ready(CRAND, WAIT).unwrap();
+    let sock = d.plugin.join("crand.sock");
+    let env = env();
+    drop(Stream::open(&env, &sock).next());
+    wait_log(&p, "ListAndWatch closed");
+    let base = usage(&p);
+    Warm {
+        env,
+        sock,
+        p,
+        sim,
+        base,
+        d,
+    }
+}
+
 /// What the plugin process holds.
 #[derive(Clone, Copy, Debug)]
 struct Usage {
@@ -840,16 +873,14 @@ fn test_half_open_connections_block_neither_others_nor_shutdown() {
 
 #[test]
 fn test_100_concurrent_streams_dropped_at_once_leave_nothing() {
-    let d = dirs();
-    let sim = Sim::start(&d.plugin).unwrap();
-    let p = start(&d, &["--plugin", "crand"]);
-    sim.wait_ready(CRAND, WAIT).unwrap();
-    let sock = d.plugin.join("crand.sock");
-    let env = env();
-    // A first stream and call warm up grpc's own pools.
-    drop(Stream::open(&env, &sock).next());
-    wait_log(&p, "ListAndWatch closed");
-    let base = usage(&p);
+    let Warm {
+        d,
+        sim,
+        p,
+        sock,
+        env,
+        base,
+    } = warm_crand();
     let opened = p.log().matches("ListAndWatch opened").count();
     let closed = p.log().matches("ListAndWatch closed").count();
 
@@ -1354,15 +1385,14 @@ fn test_soak_200_kubelet_restarts_reregister_without_leaks() {
 
 #[test]
 fn test_soak_200_stream_cycles_leave_nothing() {
-    let d = dirs();
-    let sim = Sim::start(&d.plugin).unwrap();
-    let p = start(&d, &["--plugin", "crand"]);
-    sim.wait_ready(CRAND, WAIT).unwrap();
-    let sock = d.plugin.join("crand.sock");
-    let env = env();
-    drop(Stream::open(&env, &sock).next());
-    wait_log(&p, "ListAndWatch closed");
-    let base = usage(&p);
+    let Warm {
+        d: _d,
+        sim,
+        p,
+        sock,
+        env,
+        base,
+    } = warm_crand();
     let closed = p.log().matches("ListAndWatch closed").count();
     for i in 0..200 {
         let s = Stream::open(&env, &sock);
