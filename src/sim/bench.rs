@@ -11,7 +11,7 @@ use std::{
     fmt::Write as _,
     io::Write as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -22,7 +22,7 @@ use protobuf::Message as _;
 
 use super::{
     Sim, SimEvent,
-    demo::{Plugin, TempDir, mknod_like},
+    demo::{Plugin, Scratch, mknod_like},
 };
 use crate::{
     api::{api, api_grpc},
@@ -123,19 +123,18 @@ impl Report {
     }
 
     fn print_table(&self) {
-        let w = self.figures.iter().map(|f| f.name.len()).max().unwrap_or(6);
-        let v = self
-            .figures
-            .iter()
-            .map(|f| f.value.len())
-            .max()
-            .unwrap_or(5);
-        let t = self
-            .figures
-            .iter()
-            .map(|f| f.target.len())
-            .max()
-            .unwrap_or(6);
+        // Each column as wide as its widest cell or its header.
+        let width = |cell: fn(&Figure) -> &str, header: &str| {
+            self.figures
+                .iter()
+                .map(|f| cell(f).len())
+                .chain([header.len()])
+                .max()
+                .unwrap_or(0)
+        };
+        let w = width(|f| &f.name, "figure");
+        let v = width(|f| &f.value, "value");
+        let t = width(|f| &f.target, "target");
         println!(
             "{:<w$}  {:>v$}  {:<t$}  result",
             "figure", "value", "target"
@@ -269,38 +268,24 @@ fn clk_tck() -> f64 {
 struct Run {
     sim: Sim,
     plugin: Plugin,
-    dev: PathBuf,
     /// Spawn to the first Register of the first resource.
     start_to_register: Duration,
-    _tmp: TempDir,
+    /// Last: its dirs go when everything in them has stopped.
+    tmp: Scratch,
 }
 
 impl Run {
     fn start(bin: &Path, args: &[&str], with_kvm: bool) -> Result<Run, String> {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let base =
-            std::env::temp_dir().join(format!("kubelet-plugin-bench-{}-{n}", std::process::id()));
-        let tmp = TempDir(base.clone());
-        let (dp, dev, cdi) = (base.join("dp"), base.join("dev"), base.join("cdi"));
-        for d in [&dp, &dev, &cdi] {
-            std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
-        }
+        let tmp = Scratch::new(&format!("kubelet-plugin-bench-{}-{n}", std::process::id()))?;
         if with_kvm {
-            mknod_like(Path::new("/dev/kvm"), &dev.join("kvm"))?;
+            mknod_like(Path::new("/dev/kvm"), &tmp.dev.join("kvm"))?;
         }
-        let sim = Sim::start(&dp)?;
-        let log = std::fs::File::create(base.join("plugin.log")).map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("run")
-            .args(args)
-            .arg("--device-plugin-dir")
-            .arg(&dp)
-            .arg("--dev-dir")
-            .arg(&dev)
-            .arg("--cdi-dir")
-            .arg(&cdi)
-            .arg("--log-level")
+        let sim = Sim::start(&tmp.plugin)?;
+        let log = std::fs::File::create(tmp.base.join("plugin.log")).map_err(|e| e.to_string())?;
+        let mut cmd = tmp.command(bin, args);
+        cmd.arg("--log-level")
             .arg("warn")
             .stdin(Stdio::null())
             .stderr(log);
@@ -316,9 +301,8 @@ impl Run {
         Ok(Run {
             sim,
             plugin,
-            dev,
             start_to_register: at - t0,
-            _tmp: tmp,
+            tmp,
         })
     }
 
@@ -446,7 +430,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
     );
 
     // Health changes: removed, replaced by a wrong node, restored.
-    let node = run.dev.join("crand1");
+    let node = run.tmp.dev.join("crand1");
     let (mut removed, mut replaced, mut restored) = (Vec::new(), Vec::new(), Vec::new());
     let unhealthy = |d: &[(String, String)]| health_of(d, "crand1") == Some("Unhealthy");
     let healthy = |d: &[(String, String)]| health_of(d, "crand1") == Some("Healthy");
@@ -759,7 +743,7 @@ fn scale(opts: &Options, r: &mut Report) -> Result<(), String> {
         }
         // A removed node is found by a scan of every node: that is the
         // health scan the kubelet waits for.
-        let node = run.dev.join("crand0");
+        let node = run.tmp.dev.join("crand0");
         let mut scans = Vec::new();
         for _ in 0..20 {
             let t0 = Instant::now();

@@ -16,12 +16,49 @@ use super::Sim;
 
 const STEP: Duration = Duration::from_secs(10);
 
-/// Where the demo keeps its dirs; removed on drop.
-pub(super) struct TempDir(pub(super) PathBuf);
+/// A temp dir holding the three dirs a plugin runs on (the device plugin
+/// dir, the dev dir, the CDI dir); removed on drop.
+pub(super) struct Scratch {
+    pub(super) base: PathBuf,
+    pub(super) plugin: PathBuf,
+    pub(super) dev: PathBuf,
+    pub(super) cdi: PathBuf,
+}
 
-impl Drop for TempDir {
+impl Scratch {
+    /// Makes `<temp dir>/<name>` and the three dirs in it.
+    pub(super) fn new(name: &str) -> Result<Scratch, String> {
+        let base = std::env::temp_dir().join(name);
+        let scratch = Scratch {
+            plugin: base.join("device-plugins"),
+            dev: base.join("dev"),
+            cdi: base.join("cdi"),
+            base,
+        };
+        for d in [&scratch.plugin, &scratch.dev, &scratch.cdi] {
+            std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
+        }
+        Ok(scratch)
+    }
+
+    /// `<bin> run <args>` on these dirs.
+    pub(super) fn command(&self, bin: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin);
+        cmd.arg("run")
+            .args(args)
+            .arg("--device-plugin-dir")
+            .arg(&self.plugin)
+            .arg("--dev-dir")
+            .arg(&self.dev)
+            .arg("--cdi-dir")
+            .arg(&self.cdi);
+        cmd
+    }
+}
+
+impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.base);
     }
 }
 
@@ -70,36 +107,23 @@ pub(super) fn mknod_like(src: &Path, dst: &Path) -> Result<(), String> {
 
 /// Runs the demo with the plugin binary at `plugin_bin`.
 pub fn run(plugin_bin: &Path) -> Result<(), String> {
-    let base = std::env::temp_dir().join(format!("kubelet-plugin-demo-{}", std::process::id()));
-    let tmp = TempDir(base.clone());
-    let (plugin_dir, dev_dir, cdi_dir) = (
-        base.join("device-plugins"),
-        base.join("dev"),
-        base.join("cdi"),
-    );
-    for d in [&plugin_dir, &dev_dir, &cdi_dir] {
-        std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
-    }
-    say(&format!("temp dir {}", tmp.0.display()));
+    let tmp = Scratch::new(&format!("kubelet-plugin-demo-{}", std::process::id()))?;
+    let (plugin_dir, dev_dir) = (&tmp.plugin, &tmp.dev);
+    say(&format!("temp dir {}", tmp.base.display()));
 
-    let mut sim = Sim::start(&plugin_dir)?;
+    let mut sim = Sim::start(plugin_dir)?;
     say(&format!("kubelet-sim serving {}", sim.socket().display()));
 
     // kvm is shown only where the host has /dev/kvm to clone.
     let with_kvm = Path::new("/dev/kvm").exists()
         && mknod_like(Path::new("/dev/kvm"), &dev_dir.join("kvm")).is_ok();
-    let mut cmd = Command::new(plugin_bin);
-    cmd.arg("run").arg("--plugin").arg("crand");
-    if with_kvm {
-        cmd.arg("--plugin").arg("kvm");
-    }
-    cmd.arg("--device-plugin-dir")
-        .arg(&plugin_dir)
-        .arg("--dev-dir")
-        .arg(&dev_dir)
-        .arg("--cdi-dir")
-        .arg(&cdi_dir)
-        .stderr(Stdio::piped());
+    let plugins: &[&str] = if with_kvm {
+        &["--plugin", "crand", "--plugin", "kvm"]
+    } else {
+        &["--plugin", "crand"]
+    };
+    let mut cmd = tmp.command(plugin_bin, plugins);
+    cmd.stderr(Stdio::piped());
     say(&format!("starting {}", plugin_bin.display()));
     let started = Instant::now();
     let mut plugin = Plugin(
@@ -201,7 +225,7 @@ pub fn run(plugin_bin: &Path) -> Result<(), String> {
     let pid = nix::unistd::Pid::from_raw(plugin.0.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).map_err(|e| e.to_string())?;
     let status = plugin.0.wait().map_err(|e| e.to_string())?;
-    let left: Vec<String> = std::fs::read_dir(&plugin_dir)
+    let left: Vec<String> = std::fs::read_dir(plugin_dir)
         .map_err(|e| e.to_string())?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
