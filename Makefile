@@ -1,7 +1,19 @@
 # kubelet-plugin: the two commands are `make demo` and `make test`.
 
 CARGO   ?= cargo
-RELEASE := $(or $(CARGO_TARGET_DIR),target)/release
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+
+# One build serves both README commands: the demo, the tests, clippy and the
+# static release binaries of this machine's arch all use the same target,
+# profile and flags, so the grpcio C core (most of a first build's time) is
+# compiled once. It is the shipped binary: static (glibc crt-static, README
+# says why not musl), release profile.
+HOST := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+HOST_ENV := $(shell echo '$(HOST)' | tr 'a-z-' 'A-Z_')
+STATIC_FLAGS := -C target-feature=+crt-static
+export CARGO_TARGET_$(HOST_ENV)_RUSTFLAGS := $(STATIC_FLAGS)
+BUILD_FLAGS := --release --target $(HOST)
+BUILD := $(TARGET_DIR)/$(HOST)/release
 
 .PHONY: all deps test-deps build static static-x86_64 static-aarch64 demo test \
 	lint fmt bench fuzz cdi kubelet run.crand run.kvm deploy undeploy image release clean
@@ -38,18 +50,15 @@ deps:
 
 # What the tests need besides: a real container runtime for the CDI tests.
 test-deps: deps
-	$(call install,podman runc busybox-static util-linux file systemd)
+	$(call install,podman runc busybox-static util-linux file systemd xz-utils)
 
 build: deps
-	$(CARGO) build --release
+	$(CARGO) build $(BUILD_FLAGS)
 
-# Static, stripped binaries (glibc crt-static; README says why not musl).
-# Each arch has its own dir under target/, so the host build above and the
-# tests keep theirs. The C core is built once per arch (about 13 min here).
-STATIC_FLAGS := -C target-feature=+crt-static
+# Static, stripped binaries for both arches, each checked. The one of this
+# machine's arch is `make build`'s (the same target dir and flags).
 X86_64  := x86_64-unknown-linux-gnu
 AARCH64 := aarch64-unknown-linux-gnu
-TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 STATIC_X86_64  := $(TARGET_DIR)/$(X86_64)/release
 STATIC_AARCH64 := $(TARGET_DIR)/$(AARCH64)/release
 # Cargo.toml's version, then git's word on this commit: "0.1.0" on the tag
@@ -100,18 +109,18 @@ static-aarch64: deps
 
 # The plugins against the bundled kubelet simulator, in a temp dir.
 demo: build
-	$(RELEASE)/kubelet-sim demo --plugin-bin $(RELEASE)/kubelet-plugin
+	$(BUILD)/kubelet-sim demo --plugin-bin $(BUILD)/kubelet-plugin
 
-# Every test, then formatting and lints. The static binary is built first:
-# its own test runs it (src/tests/ship.rs).
-test: test-deps static-x86_64
-	$(CARGO) test
+# Every test, then formatting and lints, on `make build`'s build: the tests
+# run the very binaries that ship.
+test: test-deps build
+	$(CARGO) test $(BUILD_FLAGS)
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy $(BUILD_FLAGS) --all-targets -- -D warnings
 
 lint: deps
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy $(BUILD_FLAGS) --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt
@@ -119,8 +128,8 @@ fmt:
 # The figures of design §6, measured on the static x86_64 binaries over
 # the real wire against kubelet-sim, in temp dirs (as root: mknod).
 BENCH_OUT := $(TARGET_DIR)/bench/results.json
-bench: static-x86_64
-	$(STATIC_X86_64)/kubelet-sim bench --plugin-bin $(STATIC_X86_64)/kubelet-plugin --out $(BENCH_OUT)
+bench: build
+	$(BUILD)/kubelet-sim bench --plugin-bin $(BUILD)/kubelet-plugin --out $(BENCH_OUT)
 
 # cargo fuzz (nightly) on each harness of src/fuzzing.rs for FUZZ_SECONDS.
 # The kept corpus, testdata/fuzz/<target>, is read; what a run finds goes to
@@ -135,21 +144,21 @@ fuzz: deps
 	@for t in $(FUZZ_TARGETS); do \
 	  mkdir -p $(TARGET_DIR)/fuzz-corpus/$$t && \
 	  echo "fuzzing $$t for $(FUZZ_SECONDS) s" && \
-	  $(CARGO) +nightly fuzz run --fuzz-dir src/fuzz $$t $(TARGET_DIR)/fuzz-corpus/$$t testdata/fuzz/$$t \
+	  env -u CARGO_TARGET_$(HOST_ENV)_RUSTFLAGS $(CARGO) +nightly fuzz run --fuzz-dir src/fuzz $$t $(TARGET_DIR)/fuzz-corpus/$$t testdata/fuzz/$$t \
 	    -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 
 # Makes the crand nodes and writes the CDI specs once, on the real paths.
 cdi: build
-	$(RELEASE)/kubelet-plugin cdi --dev-dir $(DEV_DIR) --cdi-dir $(CDI_DIR)
+	$(BUILD)/kubelet-plugin cdi --dev-dir $(DEV_DIR) --cdi-dir $(CDI_DIR)
 
 # One plugin each, on the real kubelet paths, in the foreground (as root).
 run.crand: build
-	$(RELEASE)/kubelet-plugin run --plugin crand --device-plugin-dir $(DEVICE_PLUGIN_DIR) \
+	$(BUILD)/kubelet-plugin run --plugin crand --device-plugin-dir $(DEVICE_PLUGIN_DIR) \
 	  --dev-dir $(DEV_DIR) --cdi-dir $(CDI_DIR) --log-level $(LOG_LEVEL)
 
 run.kvm: build
-	$(RELEASE)/kubelet-plugin run --plugin kvm --device-plugin-dir $(DEVICE_PLUGIN_DIR) \
+	$(BUILD)/kubelet-plugin run --plugin kvm --device-plugin-dir $(DEVICE_PLUGIN_DIR) \
 	  --dev-dir $(DEV_DIR) --cdi-dir $(CDI_DIR) --log-level $(LOG_LEVEL)
 
 # A real, standalone kubelet (no API server) with kubelet/kubelet.yaml; its

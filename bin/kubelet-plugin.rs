@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 
 use kubelet_plugin::{
-    cli::{Cli, Command, RunArgs},
+    cli::{self, Cli, Command, RunArgs},
     error::{Error, Result, chain},
-    pidfile::PidFile,
+    lockfile::{self, PidFile},
     supervisor::Supervisor,
 };
 use simplelog::{ConfigBuilder, LevelFilter, ThreadLogMode, WriteLogger};
@@ -50,8 +50,15 @@ fn run(args: RunArgs) -> Result<()> {
     let _ = WriteLogger::init(args.log_level, log_config, std::io::stderr());
 
     let config = args.config()?;
-    // Locked before anything is touched, so a refused second instance
-    // changes nothing; kept (and removed at the end) by the supervisor thread.
+    cli::prepare_dirs(&config)?;
+    // Locked before anything is made, so a refused second instance changes
+    // nothing, whether a kubelet runs or not; released (and removed) at exit.
+    let _locks = config
+        .plugins
+        .iter()
+        .map(|p| lockfile::lock_resource(&config.plugin_dir, p.resource()))
+        .collect::<Result<Vec<_>>>()?;
+    // Kept (and removed at the end) by the supervisor thread.
     let pid_file = args.pid_file.as_deref().map(PidFile::lock).transpose()?;
     let result = std::thread::Builder::new()
         .name("supervisor".into())

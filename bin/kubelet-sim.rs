@@ -34,6 +34,10 @@ struct Serve {
     /// the device plugin directory (default /var/lib/kubelet/device-plugins)
     #[argh(option, default = "PathBuf::from(\"/var/lib/kubelet/device-plugins\")")]
     dir: PathBuf,
+    /// also play the kubelet's plugin watcher on this dir: register the
+    /// plugins whose registration sockets are there
+    #[argh(option)]
+    plugins_registry_dir: Option<PathBuf>,
 }
 
 #[derive(FromArgs)]
@@ -172,6 +176,16 @@ fn serve(args: Serve) -> Result<(), String> {
     }
     let mut sim = Sim::start(&args.dir)?;
     println!("serving {}", sim.socket().display());
+    if let Some(dir) = &args.plugins_registry_dir {
+        if !dir.is_dir() {
+            return Err(format!(
+                "--plugins-registry-dir {}: not a directory",
+                dir.display()
+            ));
+        }
+        sim.watch_registry(dir)?;
+        println!("watching {} for registration sockets", dir.display());
+    }
     let start = Instant::now();
     let events = sim.events().clone();
     std::thread::Builder::new()

@@ -1,39 +1,59 @@
-//! Generates the v1beta1 messages and grpcio stubs from `proto/api.proto`
-//! with pure-Rust tools, so no system `protoc` is needed.
+//! Generates the messages and grpcio stubs of every API in `proto/` with
+//! pure-Rust tools, so no system `protoc` is needed.
 //!
 //! Messages come from protobuf-codegen 3 (pure parser). grpcio-compiler only
 //! reads protobuf 2 descriptors, so the same parsed descriptors are encoded
 //! and decoded again as a protobuf 2 `FileDescriptorSet` for it; the stubs it
-//! writes refer only to `::grpcio` and the sibling `api` module, so they
+//! writes refer only to `::grpcio` and the sibling message module, so they
 //! compile against the protobuf 3 messages.
 
-use std::{env, fs, path::PathBuf};
+use std::{env, fs, path::Path};
 
 use protobuf::Message as _;
 use protobuf2::Message as _;
 
-const PROTO: &str = "proto/api.proto";
+/// Each API: its file stem in `proto/`, which also names its modules
+/// (`<stem>` for the messages, `<stem>_grpc` for the stubs).
+const APIS: &[&str] = &["api", "pluginregistration"];
 
 fn main() {
-    println!("cargo:rerun-if-changed={PROTO}");
-    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("api");
+    let out = env::var("OUT_DIR").expect("cargo sets OUT_DIR");
+    let out = Path::new(&out).join("apis");
     fs::create_dir_all(&out).expect("create the generated code dir");
+    let mut mod_rs = String::new();
+    for stem in APIS {
+        generate(stem, &out);
+        // The generated files open with inner attributes, which `include!`
+        // cannot take; modules with a `#[path]` can.
+        for name in [stem.to_string(), format!("{stem}_grpc")] {
+            let path = out.join(format!("{name}.rs"));
+            mod_rs += &format!(
+                "#[path = {:?}]\npub mod {name};\n",
+                path.display().to_string()
+            );
+        }
+    }
+    fs::write(out.join("mod.rs"), mod_rs).expect("write mod.rs");
+}
 
+fn generate(stem: &str, out: &Path) {
+    let proto = format!("proto/{stem}.proto");
+    println!("cargo:rerun-if-changed={proto}");
     protobuf_codegen::Codegen::new()
         .pure()
         .include("proto")
-        .input(PROTO)
-        .out_dir(&out)
+        .input(&proto)
+        .out_dir(out)
         .customize(protobuf_codegen::Customize::default().gen_mod_rs(false))
         .run()
-        .expect("generate the v1beta1 messages");
+        .unwrap_or_else(|e| panic!("generate the messages of {proto}: {e}"));
 
     let parsed = protobuf_parse::Parser::new()
         .pure()
         .include("proto")
-        .input(PROTO)
+        .input(&proto)
         .parse_and_typecheck()
-        .expect("parse proto/api.proto");
+        .unwrap_or_else(|e| panic!("parse {proto}: {e}"));
     let set = protobuf::descriptor::FileDescriptorSet {
         file: parsed.file_descriptors,
         ..Default::default()
@@ -41,19 +61,9 @@ fn main() {
     let bytes = set.write_to_bytes().expect("encode the descriptors");
     let set2 = protobuf2::descriptor::FileDescriptorSet::parse_from_bytes(&bytes)
         .expect("decode the descriptors as protobuf 2");
-    for file in grpcio_compiler::codegen::r#gen(set2.get_file(), &["api.proto".to_string()]) {
-        fs::write(out.join(&file.name), file.content).expect("write the grpcio stubs");
+    let file = format!("{stem}.proto");
+    for generated in grpcio_compiler::codegen::r#gen(set2.get_file(), &[file]) {
+        fs::write(out.join(&generated.name), generated.content)
+            .unwrap_or_else(|e| panic!("write the grpcio stubs of {proto}: {e}"));
     }
-
-    // The generated files open with inner attributes, which `include!` cannot
-    // take; modules with a `#[path]` can.
-    let mut mod_rs = String::new();
-    for name in ["api", "api_grpc"] {
-        let path = out.join(format!("{name}.rs"));
-        mod_rs += &format!(
-            "#[path = {:?}]\npub mod {name};\n",
-            path.display().to_string()
-        );
-    }
-    fs::write(out.join("mod.rs"), mod_rs).expect("write mod.rs");
 }

@@ -12,7 +12,7 @@ use crate::{
     health::POLL_INTERVAL,
     plugin::{Injection, MAX_DEVICES, Plugin, crand::Crand, kvm::Kvm},
     sim::validate,
-    supervisor::Config,
+    supervisor::{self, Config, RegistrationMode},
 };
 
 /// The plugins this binary has.
@@ -144,7 +144,9 @@ impl CdiArgs {
             return Ok(());
         }
         writable_dir("--dev-dir", &self.dev_dir)?;
-        writable_dir("--cdi-dir", &self.cdi_dir)?;
+        if ensure_dir("--cdi-dir", &self.cdi_dir, 0o755)? {
+            println!("created {}", self.cdi_dir.display());
+        }
         for p in &plugins {
             p.prepare()?;
             let path = crate::cdi::write(&self.cdi_dir, p.as_ref())?;
@@ -189,6 +191,39 @@ pub struct RunArgs {
     /// once the plugins are ready (for init scripts); removed at exit
     #[argh(option)]
     pub pid_file: Option<PathBuf>,
+    /// how the kubelet learns of the plugins: kubelet-sock (we call Register
+    /// on kubelet.sock) or plugins-registry (the kubelet's plugin watcher
+    /// finds our sockets) (default kubelet-sock)
+    #[argh(option, default = "Registration::KubeletSock")]
+    pub registration: Registration,
+    /// where the plugin sockets go in plugins-registry mode
+    #[argh(
+        option,
+        default = "PathBuf::from(\"/var/lib/kubelet/plugins_registry\")"
+    )]
+    pub plugins_registry_dir: PathBuf,
+}
+
+/// The value of `--registration`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Registration {
+    /// `kubelet-sock`
+    KubeletSock,
+    /// `plugins-registry`
+    PluginsRegistry,
+}
+
+impl std::str::FromStr for Registration {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "kubelet-sock" => Ok(Registration::KubeletSock),
+            "plugins-registry" => Ok(Registration::PluginsRegistry),
+            _ => Err(format!(
+                "unknown registration {s:?}: use kubelet-sock or plugins-registry"
+            )),
+        }
+    }
 }
 
 fn parse_level(s: &str) -> std::result::Result<LevelFilter, String> {
@@ -222,6 +257,37 @@ fn writable_dir(flag: &str, dir: &std::path::Path) -> Result<()> {
         ))
     })
 }
+
+/// Makes `dir` (and its missing parents) with `mode` when it is missing,
+/// saying so in one info line, then checks it as [`writable_dir`] does.
+/// Returns whether it was made. A fresh node has no `/var/run/cdi` (tmpfs)
+/// and no device plugin dir until the kubelet first runs.
+pub fn ensure_dir(flag: &str, dir: &std::path::Path, mode: u32) -> Result<bool> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let made = match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(dir)
+                .and_then(|()| std::fs::set_permissions(dir, PermissionsExt::from_mode(mode)))
+                .map_err(|e| {
+                    Error::Invalid(format!("{flag} {}: cannot create: {e}", dir.display()))
+                })?;
+            log::info!(
+                "created missing directory {flag}={} mode={mode:04o}",
+                dir.display()
+            );
+            true
+        }
+        _ => false,
+    };
+    writable_dir(flag, dir)?;
+    Ok(made)
+}
+
+/// The longest path a unix socket can have (`sun_path` less its NUL).
+const SOCKET_PATH_MAX: usize = 107;
 
 fn count(flag: &str, n: usize) -> Result<usize> {
     if n == 0 || n > MAX_DEVICES {
@@ -284,8 +350,8 @@ pub fn build_plugins(
 }
 
 impl RunArgs {
-    /// Checks every flag and the directories, and builds the supervisor's
-    /// configuration.
+    /// Checks every flag and builds the supervisor's configuration; touches
+    /// nothing (see [`prepare_dirs`]).
     pub fn config(&self) -> Result<Config> {
         let plugins = build_plugins(
             &self.plugin,
@@ -294,12 +360,27 @@ impl RunArgs {
             self.crand_count,
             self.kvm_count,
         )?;
-        writable_dir("--device-plugin-dir", &self.device_plugin_dir)?;
-        writable_dir("--dev-dir", &self.dev_dir)?;
-        writable_dir("--cdi-dir", &self.cdi_dir)?;
+        let registration = match self.registration {
+            Registration::KubeletSock => RegistrationMode::KubeletSock,
+            Registration::PluginsRegistry => {
+                RegistrationMode::PluginsRegistry(self.plugins_registry_dir.clone())
+            }
+        };
+        for p in &plugins {
+            let socket =
+                supervisor::socket_path(&registration, &self.device_plugin_dir, p.as_ref());
+            let len = socket.as_os_str().len();
+            if len > SOCKET_PATH_MAX {
+                return Err(Error::Invalid(format!(
+                    "socket {} is {len} bytes long, unix sockets take at most {SOCKET_PATH_MAX}: use a shorter dir",
+                    socket.display()
+                )));
+            }
+        }
         Ok(Config {
             plugins,
             plugin_dir: self.device_plugin_dir.clone(),
+            registration,
             cdi_dir: self.cdi_dir.clone(),
             dev_dir: self.dev_dir.clone(),
             injection: self.device_injection,
@@ -310,6 +391,20 @@ impl RunArgs {
             register_timeout: Duration::from_secs(30),
         })
     }
+}
+
+/// Makes the dirs `run` writes in when they are missing (the device plugin
+/// dir, the CDI dir, the plugin watcher dir in that mode) and checks that
+/// every dir it writes in, the dev dir too, is a writable directory.
+pub fn prepare_dirs(cfg: &Config) -> Result<()> {
+    // The kubelet makes its dirs 0750; the runtime reads the CDI dir.
+    ensure_dir("--device-plugin-dir", &cfg.plugin_dir, 0o750)?;
+    if let RegistrationMode::PluginsRegistry(dir) = &cfg.registration {
+        ensure_dir("--plugins-registry-dir", dir, 0o750)?;
+    }
+    writable_dir("--dev-dir", &cfg.dev_dir)?;
+    ensure_dir("--cdi-dir", &cfg.cdi_dir, 0o755)?;
+    Ok(())
 }
 
 #[cfg(test)]

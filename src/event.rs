@@ -1,7 +1,7 @@
 //! The messages the threads send to the supervisor over one crossbeam
 //! channel. This is the whole vocabulary between the threads.
 
-use crate::{device::Device, server::StreamChange};
+use crate::server::StreamChange;
 
 /// What a signal asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,27 +12,34 @@ pub enum SignalAction {
     Reregister,
 }
 
-/// A message to the supervisor.
+/// A message to the supervisor. Those about one plugin carry its index and
+/// the server generation they belong to: answers for an older generation
+/// are stale and ignored.
 #[derive(Debug)]
 pub enum Event {
     /// From the `signals` thread.
     Signal(SignalAction),
-    /// From the `health` thread: the full, changed device list of a plugin.
-    Health {
+    /// From the `health` thread: entries of the dir our sockets are in (and
+    /// `kubelet.sock`, in `kubelet-sock` mode) changed.
+    SocketDir,
+    /// From the check of a new server generation: our own socket answered,
+    /// or the error.
+    Served {
         /// Index of the plugin.
         plugin: usize,
-        /// Every device of the plugin.
-        devices: Vec<Device>,
+        /// The server generation.
+        generation: u64,
+        /// Ok, or why the socket did not answer.
+        result: Result<(), String>,
     },
-    /// From the `health` thread: entries of the device plugin dir changed.
-    PluginDir,
-    /// From a Register call: the kubelet's answer.
+    /// The kubelet's word on a registration: the answer to our Register
+    /// call, or its NotifyRegistrationStatus in `plugins-registry` mode.
     Registered {
         /// Index of the plugin.
         plugin: usize,
-        /// The server generation the call was made for.
+        /// The server generation the registration was for.
         generation: u64,
-        /// Ok, or the error text.
+        /// Ok, or the kubelet's error text.
         result: Result<(), String>,
     },
     /// From a plugin's server: a ListAndWatch stream opened or closed.

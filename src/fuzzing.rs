@@ -86,6 +86,7 @@ fn cases() -> &'static [Case] {
                 let service = Service::new(
                     plugin.clone(),
                     Watch::new(devices.clone()),
+                    Watch::new(None),
                     injection,
                     Arc::new(|_| {}),
                 );
@@ -679,6 +680,15 @@ fn run_args(r: &cli::RunArgs) -> Vec<String> {
     if let Some(pid) = &r.pid_file {
         args.push(format!("--pid-file={}", pid.display()));
     }
+    let registration = match r.registration {
+        cli::Registration::KubeletSock => "kubelet-sock",
+        cli::Registration::PluginsRegistry => "plugins-registry",
+    };
+    args.push(format!("--registration={registration}"));
+    args.push(format!(
+        "--plugins-registry-dir={}",
+        r.plugins_registry_dir.display()
+    ));
     args
 }
 

@@ -1,13 +1,15 @@
 //! The `health` thread: probes the devices of every plugin when the dev dir
 //! changes (inotify, so a change is seen at once; only the devices whose
 //! nodes changed) and all of them on a slow timer (the safety net for
-//! changes inotify cannot see), and sends a plugin's full device list to
-//! the supervisor whenever any of its devices changed. Failed devices stay
-//! in the list as Unhealthy and recover when fixed.
+//! changes inotify cannot see), and publishes a plugin's full device list
+//! into its snapshot whenever any of its devices changed. It is the one
+//! writer of the snapshots, which outlive server generations: every open
+//! ListAndWatch stream follows its plugin's snapshot, and Allocate reads it.
+//! Failed devices stay in the list as Unhealthy and recover when fixed.
 //!
-//! The same inotify instance watches the device plugin dir for the
+//! The same inotify instance watches the dir of our sockets for the
 //! supervisor, which cannot wait on a file descriptor and its channel at
-//! once: a change there is forwarded as [`Event::PluginDir`]. One thread
+//! once: a change there is forwarded as [`Event::SocketDir`]. One thread
 //! for both keeps the process within its thread budget.
 
 use std::{sync::Arc, time::Duration};
@@ -20,7 +22,11 @@ use crate::{
     error::chain,
     event::Event,
     plugin::Plugin,
+    watch::Watch,
 };
+
+/// A plugin and the snapshot of its devices.
+pub type Watched = (Arc<dyn Plugin>, Arc<Watch<Vec<Device>>>);
 
 /// How often every node is probed without any inotify event.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -55,14 +61,12 @@ fn probe(plugin: &dyn Plugin, last: &[Device], changed: Option<&[String]>) -> Op
 /// Which dir of the [`DirWatch`] given to [`run`] is which.
 pub const DEV_DIR: usize = 0;
 /// See [`DEV_DIR`].
-pub const PLUGIN_DIR: usize = 1;
+pub const SOCKET_DIR: usize = 1;
 
 /// Runs the health loop until the watch's stopper is dropped. `watch`
-/// watches the dev dir and the device plugin dir, in that order. `last`
-/// holds the lists the supervisor already has, one per plugin.
+/// watches the dev dir and the dir of our sockets, in that order.
 pub fn run(
-    plugins: Vec<Arc<dyn Plugin>>,
-    mut last: Vec<Vec<Device>>,
+    plugins: Vec<Watched>,
     mut watch: DirWatch,
     interval: Duration,
     events: Sender<Event>,
@@ -77,10 +81,10 @@ pub fn run(
                     None
                 }
                 Wake::Changed(mut dirs) => {
-                    let plugin_dir = std::mem::take(&mut dirs[PLUGIN_DIR]);
-                    if plugin_dir != Changes::None {
-                        log::debug!("plugin dir changed entries={plugin_dir:?}");
-                        if events.send(Event::PluginDir).is_err() {
+                    let socket_dir = std::mem::take(&mut dirs[SOCKET_DIR]);
+                    if socket_dir != Changes::None {
+                        log::debug!("socket dir changed entries={socket_dir:?}");
+                        if events.send(Event::SocketDir).is_err() {
                             return Ok(());
                         }
                     }
@@ -101,11 +105,12 @@ pub fn run(
                     }
                 }
             };
-        for (i, plugin) in plugins.iter().enumerate() {
-            let Some(now) = probe(plugin.as_ref(), &last[i], changed.as_deref()) else {
+        for (plugin, snapshot) in &plugins {
+            let last = snapshot.get();
+            let Some(now) = probe(plugin.as_ref(), &last, changed.as_deref()) else {
                 continue;
             };
-            let diff = device::changed(&last[i], &now);
+            let diff = device::changed(&last, &now);
             if diff.is_empty() {
                 continue;
             }
@@ -127,16 +132,7 @@ pub fn run(
                     );
                 }
             }
-            last[i] = now.clone();
-            if events
-                .send(Event::Health {
-                    plugin: i,
-                    devices: now,
-                })
-                .is_err()
-            {
-                return Ok(());
-            }
+            snapshot.publish(now);
         }
     }
 }

@@ -40,7 +40,7 @@ pub mod fuzzing;
 pub mod health;
 pub mod json;
 pub mod kubelet;
-pub mod pidfile;
+pub mod lockfile;
 pub mod plugin;
 pub mod server;
 pub mod signals;

@@ -1,28 +1,31 @@
-//! The DevicePlugin gRPC service of one plugin and the grpcio server that
-//! serves it on `<device-plugin-dir>/<socket>`.
+//! The gRPC services of one plugin and the grpcio server that serves them
+//! on its socket: the DevicePlugin service, and in `plugins-registry` mode
+//! the plugin watcher's Registration service beside it on the same socket.
 //!
-//! The service reads the plugin's device snapshot (a [`Watch`]) and knows
-//! nothing of the supervisor: it reports ListAndWatch streams opening and
-//! closing through a callback. Handlers never block: the grpcio poll thread
+//! The service reads the plugin's device snapshot (a [`Watch`] that outlives
+//! server generations) and knows nothing of the supervisor: it reports
+//! ListAndWatch streams opening and closing, and the kubelet's registration
+//! status, through callbacks. Handlers never block: the grpcio poll thread
 //! runs them.
 
 use std::{
     os::unix::net::UnixStream,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
+    path::Path,
+    sync::{Arc, Condvar, Mutex},
+    time::{Duration, Instant},
 };
 
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use grpcio::{
-    ChannelBuilder, Environment, RpcContext, RpcStatus, RpcStatusCode, Server, ServerBuilder,
-    ServerCredentials, ServerStreamingSink, UnarySink, WriteFlags,
+    CallOption, ChannelBuilder, Environment, RpcContext, RpcStatus, RpcStatusCode, Server,
+    ServerBuilder, ServerCredentials, ServerStreamingSink, UnarySink, WriteFlags,
 };
 
 use crate::{
-    api::{api, api_grpc},
+    api::{api, api_grpc, pluginregistration, pluginregistration_grpc},
     device::{Device, Health},
     error::{Error, Result},
+    kubelet::API_VERSION,
     plugin::{self, AllocError, Injection, Plugin},
     watch::Watch,
 };
@@ -50,29 +53,87 @@ pub enum StreamChange {
 /// Called on every [`StreamChange`].
 pub type OnStream = Arc<dyn Fn(StreamChange) + Send + Sync>;
 
-/// The DevicePlugin service of one plugin.
+/// The gate of one server generation: `None` while it serves; closing it
+/// (publishing the reason) ends every ListAndWatch stream of the generation
+/// with status UNAVAILABLE and that reason.
+pub type Gate = Watch<Option<&'static str>>;
+
+/// The number of open ListAndWatch streams of one server generation, so
+/// that the supervisor can wait for them to end before it drops the server.
+#[derive(Debug, Default)]
+pub struct Streams {
+    open: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Streams {
+    fn change(&self, by: StreamChange) {
+        let mut open = self.open.lock().expect("streams lock poisoned");
+        match by {
+            StreamChange::Opened => *open += 1,
+            StreamChange::Closed => *open = open.saturating_sub(1),
+        }
+        self.changed.notify_all();
+    }
+
+    /// Waits until no stream is open, at most until `deadline`; returns
+    /// how many are still open.
+    pub fn wait_closed(&self, deadline: Instant) -> usize {
+        let mut open = self.open.lock().expect("streams lock poisoned");
+        while *open > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            open = self
+                .changed
+                .wait_timeout(open, left)
+                .expect("streams lock poisoned")
+                .0;
+        }
+        *open
+    }
+}
+
+/// The DevicePlugin service of one plugin, for one server generation.
 #[derive(Clone)]
 pub struct Service {
     plugin: Arc<dyn Plugin>,
     devices: Arc<Watch<Vec<Device>>>,
+    gate: Arc<Gate>,
+    streams: Arc<Streams>,
     injection: Injection,
     on_stream: OnStream,
 }
 
 impl Service {
-    /// A service answering for `plugin` from the snapshot `devices`.
+    /// A service answering for `plugin` from the snapshot `devices` until
+    /// `gate` closes.
     pub fn new(
         plugin: Arc<dyn Plugin>,
         devices: Arc<Watch<Vec<Device>>>,
+        gate: Arc<Gate>,
         injection: Injection,
         on_stream: OnStream,
     ) -> Self {
         Service {
             plugin,
             devices,
+            gate,
+            streams: Arc::default(),
             injection,
             on_stream,
         }
+    }
+
+    /// The open streams of this service.
+    pub fn streams(&self) -> Arc<Streams> {
+        self.streams.clone()
+    }
+
+    fn stream_changed(&self, change: StreamChange) {
+        self.streams.change(change);
+        (self.on_stream)(change);
     }
 
     fn allocate_one(
@@ -160,31 +221,48 @@ impl api_grpc::DevicePlugin for Service {
     ) {
         let resource = self.plugin.resource().to_string();
         log::info!("ListAndWatch opened resource={resource}");
-        (self.on_stream)(StreamChange::Opened);
-        let on_stream = self.on_stream.clone();
-        let mut updates = self.devices.subscribe().map(move |devices| {
-            let healthy = devices
-                .iter()
-                .filter(|d| d.health == Health::Healthy)
-                .count();
-            log::info!(
-                "device list sent resource={resource} devices={} healthy={healthy}",
-                devices.len()
-            );
-            Ok((list_response(&devices), WriteFlags::default()))
-        });
+        self.stream_changed(StreamChange::Opened);
+        let this = self.clone();
+        let gate = self.gate.clone();
+        let closed_resource = resource.clone();
+        let mut updates = self
+            .devices
+            .subscribe()
+            .take_until(Box::pin(self.gate.when(|reason| reason.is_some())))
+            .map(move |devices| {
+                let healthy = devices
+                    .iter()
+                    .filter(|d| d.health == Health::Healthy)
+                    .count();
+                log::info!(
+                    "device list sent resource={resource} devices={} healthy={healthy}",
+                    devices.len()
+                );
+                Ok((list_response(&devices), WriteFlags::default()))
+            });
         // The stream runs as a future on grpcio's poll thread: no thread per
         // stream, and a client that goes away ends it at once.
         ctx.spawn(async move {
-            match sink.send_all(&mut updates).await {
-                // The snapshot was closed: the server is going down.
+            let ended = match sink.send_all(&mut updates).await {
+                // The gate closed: every stream of the generation ends the
+                // same way, UNAVAILABLE with the reason, which the kubelet
+                // logs ("ListAndWatch ended unexpectedly ... err=..."). Any
+                // end counts as a disconnect to it; this one says why.
                 Ok(()) => {
-                    let _ = sink.close().await;
+                    let why = (*gate.get()).unwrap_or("server stopped");
+                    let status = RpcStatus::with_message(
+                        RpcStatusCode::UNAVAILABLE,
+                        format!("kubelet-plugin: {why}"),
+                    );
+                    match sink.fail(status).await {
+                        Ok(()) => format!("ended by us: {why}"),
+                        Err(e) => format!("ended by us ({why}), status not delivered: {e}"),
+                    }
                 }
-                Err(e) => log::debug!("ListAndWatch stream ended: {e}"),
-            }
-            log::info!("ListAndWatch closed");
-            on_stream(StreamChange::Closed);
+                Err(e) => format!("client gone: {e}"),
+            };
+            log::info!("ListAndWatch closed resource={closed_resource} why=\"{ended}\"");
+            this.stream_changed(StreamChange::Closed);
         });
     }
 
@@ -283,18 +361,94 @@ fn preferred(
     }
 }
 
+/// The plugin watcher's Registration service (`plugins-registry` mode),
+/// served beside the DevicePlugin service on the same socket: GetInfo
+/// names the resource and that socket as the endpoint, and the kubelet's
+/// NotifyRegistrationStatus goes to `on_status`.
+#[derive(Clone)]
+pub struct RegistrationService {
+    info: pluginregistration::PluginInfo,
+    on_status: Arc<dyn Fn(std::result::Result<(), String>) + Send + Sync>,
+}
+
+/// The PluginInfo `type` of a device plugin.
+pub const DEVICE_PLUGIN_TYPE: &str = "DevicePlugin";
+
+impl RegistrationService {
+    /// The service for `resource` served on `socket`.
+    pub fn new(
+        resource: &str,
+        socket: &Path,
+        on_status: Arc<dyn Fn(std::result::Result<(), String>) + Send + Sync>,
+    ) -> Self {
+        RegistrationService {
+            info: pluginregistration::PluginInfo {
+                type_: DEVICE_PLUGIN_TYPE.into(),
+                name: resource.into(),
+                // Dialled verbatim by the kubelet, so absolute: this socket.
+                endpoint: socket.display().to_string(),
+                supported_versions: vec![API_VERSION.into()],
+                ..Default::default()
+            },
+            on_status,
+        }
+    }
+}
+
+impl pluginregistration_grpc::Registration for RegistrationService {
+    fn get_info(
+        &mut self,
+        ctx: RpcContext,
+        _req: pluginregistration::InfoRequest,
+        sink: UnarySink<pluginregistration::PluginInfo>,
+    ) {
+        log::debug!("GetInfo from the kubelet resource={}", self.info.name);
+        reply(&ctx, sink, Ok(self.info.clone()));
+    }
+
+    fn notify_registration_status(
+        &mut self,
+        ctx: RpcContext,
+        req: pluginregistration::RegistrationStatus,
+        sink: UnarySink<pluginregistration::RegistrationStatusResponse>,
+    ) {
+        (self.on_status)(if req.plugin_registered {
+            Ok(())
+        } else {
+            Err(req.error)
+        });
+        reply(
+            &ctx,
+            sink,
+            Ok(pluginregistration::RegistrationStatusResponse::new()),
+        );
+    }
+}
+
 /// Whether a server answers on the unix socket at `path`.
 pub fn socket_answers(path: &Path) -> bool {
     UnixStream::connect(path).is_ok()
 }
 
-/// Binds and starts a grpcio server for `service` on the unix socket `path`.
+/// Binds and starts a grpcio server for `service` (and `registration`, in
+/// `plugins-registry` mode) on the unix socket `path`, mode 0600.
 ///
 /// grpcio silently replaces a socket file even while a live server uses it,
 /// so a socket that answers is refused (another instance runs there); one
 /// that does not is stale (left by a killed process) and is removed.
-pub fn serve(env: Arc<Environment>, service: Service, path: &Path) -> Result<Server> {
-    if path.exists() {
+///
+/// The socket is bound under a dot name beside `path` and renamed into
+/// place once the server is started: whoever watches the dir (the
+/// kubelet's plugin watcher) never finds it bound but not yet listening,
+/// which refuses a connection. Dropping the server leaves `path` behind:
+/// [`remove_socket`] removes it.
+pub fn serve(
+    env: Arc<Environment>,
+    service: Service,
+    registration: Option<RegistrationService>,
+    path: &Path,
+) -> Result<Server> {
+    if std::fs::symlink_metadata(path).is_ok() {
         if socket_answers(path) {
             return Err(Error::Invalid(format!(
                 "another process is serving on {}: refusing to take its socket",
@@ -304,48 +458,77 @@ pub fn serve(env: Arc<Environment>, service: Service, path: &Path) -> Result<Ser
         std::fs::remove_file(path).map_err(|e| Error::io("remove stale socket", path, e))?;
         log::info!("removed stale socket path={}", path.display());
     }
-    let mut server = ServerBuilder::new(env)
-        .register_service(api_grpc::create_device_plugin(service))
-        .build()
-        .map_err(|source| Error::Grpc {
-            op: "build gRPC server".into(),
-            source,
-        })?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let bound_at = path.with_file_name(format!(".{name}.tmp"));
+    match std::fs::remove_file(&bound_at) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::io("remove stale socket", &bound_at, e));
+        }
+        _ => {}
+    }
+    let mut builder =
+        ServerBuilder::new(env).register_service(api_grpc::create_device_plugin(service));
+    if let Some(registration) = registration {
+        builder =
+            builder.register_service(pluginregistration_grpc::create_registration(registration));
+    }
+    let mut server = builder.build().map_err(|source| Error::Grpc {
+        op: "build gRPC server".into(),
+        source,
+    })?;
     // Sockets are made 0777 minus the umask and grpcio has no mode option:
     // narrow the umask around the bind so only root can connect.
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
     let bound = server.add_listening_port(
-        format!("unix:{}", path.display()),
+        format!("unix:{}", bound_at.display()),
         ServerCredentials::insecure(),
     );
     nix::sys::stat::umask(old);
     bound.map_err(|source| Error::Grpc {
-        op: format!("bind plugin socket {}", path.display()),
+        op: format!("bind plugin socket {}", bound_at.display()),
         source,
     })?;
     server.start();
+    std::fs::rename(&bound_at, path)
+        .map_err(|e| Error::io("move socket into place at", path, e))?;
     Ok(server)
 }
 
-/// Waits until the DevicePlugin service at `path` answers a call, for at
-/// most `timeout`: the kubelet dials back inside Register, so we register
-/// only once our own socket answers.
-pub fn wait_serving(env: Arc<Environment>, path: &Path, timeout: Duration) -> Result<()> {
+/// Removes the socket at `path` if it is still `ours` (a server dropped
+/// leaves it, see [`serve`]); someone else's file there is left alone.
+pub fn remove_socket(path: &Path, ours: crate::kubelet::SocketId) {
+    if crate::kubelet::socket_id(path) == Some(ours)
+        && let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        log::warn!("cannot remove socket {}: {e}", path.display());
+    }
+}
+
+/// Checks that the DevicePlugin service at `path` answers a call within
+/// `timeout`, without blocking the caller: `done` gets the outcome on
+/// grpcio's poll thread (so it must not block). The kubelet dials back
+/// inside Register, so we register only once our own socket answers.
+pub fn check_serving(
+    env: Arc<Environment>,
+    path: &Path,
+    timeout: Duration,
+    done: impl FnOnce(std::result::Result<(), String>) + Send + 'static,
+) -> Result<()> {
     let channel = ChannelBuilder::new(env).connect(&format!("unix:{}", path.display()));
     let client = api_grpc::DevicePluginClient::new(channel);
-    let opt = grpcio::CallOption::default()
-        .wait_for_ready(true)
-        .timeout(timeout);
-    client
-        .get_device_plugin_options_opt(&api::Empty::new(), opt)
-        .map(drop)
+    let opt = CallOption::default().wait_for_ready(true).timeout(timeout);
+    let call = client
+        .get_device_plugin_options_async_opt(&api::Empty::new(), opt)
         .map_err(|source| Error::Grpc {
             op: format!("check plugin socket {} answers", path.display()),
             source,
-        })
-}
-
-/// The socket path of `plugin` in `dir`.
-pub fn socket_path(dir: &Path, plugin: &dyn Plugin) -> PathBuf {
-    dir.join(plugin.socket_name())
+        })?;
+    // The call dies with its channel: keep the client until the answer.
+    let keep = client.clone();
+    client.spawn(async move {
+        let _client = keep;
+        done(call.await.map(drop).map_err(|e| e.to_string()));
+    });
+    Ok(())
 }

@@ -1,17 +1,25 @@
 //! The `supervisor` thread: owns the life of every plugin. It serves each
-//! plugin on its own socket, checks the socket answers, registers with the
-//! kubelet, and does it all again when the kubelet restarts (our socket
-//! deleted, or `kubelet.sock` recreated), when the kubelet drops our
-//! ListAndWatch stream and does not come back, and on SIGHUP. It also feeds
-//! health updates into each plugin's snapshot, and stops everything on
-//! shutdown.
+//! plugin on its own socket, checks that the socket answers, gets it
+//! registered with the kubelet, and does it all again when the kubelet
+//! restarts, when the kubelet drops our ListAndWatch stream and does not
+//! come back, and on SIGHUP; and it stops everything on shutdown.
 //!
-//! Inbound: every [`Event`] on one crossbeam channel. It is the only part
-//! that calls the kubelet, and its loop never blocks on the kubelet:
-//! Register answers arrive as events.
+//! Registration comes in two modes ([`RegistrationMode`]): `kubelet-sock`,
+//! where we call Register on `<device-plugin-dir>/kubelet.sock`, and
+//! `plugins-registry`, where our socket sits in the kubelet's plugin
+//! watcher dir and the kubelet finds us, asks GetInfo and reports back with
+//! NotifyRegistrationStatus.
+//!
+//! Each plugin has an explicit [`State`]. Inbound: every [`Event`] on one
+//! crossbeam channel, and the state timers. The loop never waits on a
+//! socket: the check that our socket answers, the Register call and the
+//! kubelet's answers all arrive as events. The one bounded wait is for the
+//! streams of a server generation we end to say goodbye (see
+//! [`DRAIN_TIMEOUT`]). It is the only part that calls the kubelet.
 
 use std::{
-    path::PathBuf,
+    fmt,
+    path::{Path, PathBuf},
     sync::Arc,
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -30,7 +38,7 @@ use crate::{
     health,
     kubelet::{self, KUBELET_SOCKET, SocketId},
     plugin::{Injection, Plugin},
-    server::{self, Service, StreamChange},
+    server::{self, Gate, RegistrationService, Service, StreamChange, Streams},
     signals,
     thread::spawn_named,
     watch::Watch,
@@ -40,21 +48,68 @@ use crate::{
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// The longest wait between two Register attempts.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How long the kubelet may take to reopen ListAndWatch after closing it
-/// before we register again.
-const STREAM_GRACE: Duration = Duration::from_secs(2);
 /// How long our own new socket may take to answer.
 const SERVE_CHECK: Duration = Duration::from_secs(2);
+/// How long the streams of a generation we end get to receive their last
+/// status before the server is dropped (which cancels whatever is left).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(300);
 /// How long threads get to finish at shutdown.
 const JOIN_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// How the kubelet learns of our plugins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegistrationMode {
+    /// We call Register on `kubelet.sock` in the device plugin dir; our
+    /// sockets are `<device-plugin-dir>/<plugin>.sock`.
+    KubeletSock,
+    /// Our sockets are in the kubelet's plugin watcher dir (this one), where
+    /// the kubelet finds them; each serves the Registration service beside
+    /// the DevicePlugin service.
+    PluginsRegistry(PathBuf),
+}
+
+impl RegistrationMode {
+    /// The flag value: `kubelet-sock` or `plugins-registry`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RegistrationMode::KubeletSock => "kubelet-sock",
+            RegistrationMode::PluginsRegistry(_) => "plugins-registry",
+        }
+    }
+
+    /// How long the kubelet may take to reopen ListAndWatch after closing
+    /// it before we register again. In `plugins-registry` mode a restarted
+    /// kubelet finds our socket by itself; a new socket meanwhile would
+    /// only make it register us twice, so we wait longer.
+    fn stream_grace(&self) -> Duration {
+        match self {
+            RegistrationMode::KubeletSock => Duration::from_secs(2),
+            RegistrationMode::PluginsRegistry(_) => Duration::from_secs(10),
+        }
+    }
+}
+
+/// The socket of `plugin`: `<device-plugin-dir>/<plugin>.sock`, or
+/// `<plugins-registry-dir>/<domain>-<plugin>.sock` (the plugin watcher
+/// sees every socket in its dir, so the name carries the whole resource).
+pub fn socket_path(mode: &RegistrationMode, plugin_dir: &Path, plugin: &dyn Plugin) -> PathBuf {
+    match mode {
+        RegistrationMode::KubeletSock => plugin_dir.join(plugin.socket_name()),
+        RegistrationMode::PluginsRegistry(dir) => {
+            dir.join(format!("{}.sock", plugin.resource().replace('/', "-")))
+        }
+    }
+}
 
 /// What the supervisor runs.
 #[derive(Debug)]
 pub struct Config {
     /// The plugins, each with its own socket and resource.
     pub plugins: Vec<Arc<dyn Plugin>>,
-    /// Where `kubelet.sock` is and our sockets go.
+    /// Where `kubelet.sock` is and, in `kubelet-sock` mode, our sockets go.
     pub plugin_dir: PathBuf,
+    /// How the kubelet learns of our plugins.
+    pub registration: RegistrationMode,
     /// Where the CDI specs are written.
     pub cdi_dir: PathBuf,
     /// Where the device nodes are watched.
@@ -67,31 +122,79 @@ pub struct Config {
     pub register_timeout: Duration,
 }
 
+/// Where a plugin is in its life; each state says what it waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Not served yet: the state at start.
+    Idle,
+    /// `kubelet-sock` mode, no `kubelet.sock`: nothing is served; waits for
+    /// the socket dir to change.
+    WaitingForKubelet,
+    /// A server generation is bound; waits for its socket to answer.
+    Starting,
+    /// Waits for the kubelet: the answer to our Register call, or its
+    /// GetInfo and NotifyRegistrationStatus (`plugins-registry`).
+    Registering,
+    /// Registered; waits for a change of the kubelet, our socket or our
+    /// stream.
+    Registered,
+    /// A step failed: serves and registers again at the instant.
+    BackingOff(Instant),
+    /// Registered, but the kubelet closed its last ListAndWatch stream:
+    /// registers again at the instant unless the kubelet opens a new one.
+    StreamGrace(Instant),
+}
+
+impl State {
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            State::BackingOff(at) | State::StreamGrace(at) => Some(at),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            State::Idle => "idle",
+            State::WaitingForKubelet => "waiting for the kubelet",
+            State::Starting => "starting",
+            State::Registering => "registering",
+            State::Registered => "registered",
+            State::BackingOff(_) => "backing off",
+            State::StreamGrace(_) => "stream lost",
+        })
+    }
+}
+
 /// One running server generation of a plugin.
 struct Live {
     server: Server,
-    devices: Arc<Watch<Vec<Device>>>,
     socket: SocketId,
+    /// Closing it ends the generation's ListAndWatch streams.
+    gate: Arc<Gate>,
+    streams: Arc<Streams>,
 }
 
 /// A plugin and where it is in its life.
 struct Slot {
     plugin: Arc<dyn Plugin>,
     socket: PathBuf,
-    devices: Vec<Device>,
+    /// The device list; written by the health thread only.
+    snapshot: Arc<Watch<Vec<Device>>>,
+    state: State,
     generation: u64,
     live: Option<Live>,
-    /// The kubelet we registered, or are registering, with.
+    /// `kubelet-sock` mode: the kubelet we registered, or are registering,
+    /// with.
     kubelet: Option<SocketId>,
-    registered: bool,
-    /// Whether "waiting for kubelet.sock" was logged.
-    waiting: bool,
-    in_flight: Option<AbortHandle>,
+    /// A Register call in flight.
+    call: Option<AbortHandle>,
     started: Instant,
     backoff: Duration,
-    retry_at: Option<Instant>,
+    /// Open ListAndWatch streams of the live generation.
     streams: usize,
-    stream_check_at: Option<Instant>,
 }
 
 impl Slot {
@@ -100,21 +203,38 @@ impl Slot {
     }
 
     /// Ends the current generation: cancels a pending Register, ends its
-    /// ListAndWatch streams and drops its server, which unlinks the socket.
-    /// The kubelet tracks disconnects by resource name, so old streams must
-    /// end before a new Register or they would mark the new one stopped.
-    fn teardown(&mut self) {
-        if let Some(h) = self.in_flight.take() {
+    /// ListAndWatch streams with `why`, drops its server and removes its
+    /// socket. The kubelet tracks disconnects by resource name, so old
+    /// streams must end before a new registration or they would mark the
+    /// new one stopped.
+    fn teardown(&mut self, why: &'static str) {
+        if let Some(h) = self.call.take() {
             h.abort();
         }
         if let Some(live) = self.live.take() {
-            live.devices.close();
+            live.gate.publish(Some(why));
+            let left = live.streams.wait_closed(Instant::now() + DRAIN_TIMEOUT);
+            if left > 0 {
+                log::warn!(
+                    "{left} ListAndWatch streams did not take their last status in time; cancelling them resource={}",
+                    self.resource()
+                );
+            }
             drop(live.server);
+            server::remove_socket(&self.socket, live.socket);
         }
-        self.registered = false;
         self.streams = 0;
-        self.stream_check_at = None;
-        self.retry_at = None;
+    }
+
+    fn set(&mut self, state: State) {
+        if self.state != state {
+            log::debug!(
+                "state resource={} from=\"{}\" to=\"{state}\"",
+                self.resource(),
+                self.state
+            );
+            self.state = state;
+        }
     }
 }
 
@@ -128,13 +248,14 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Prepares every plugin (makes its nodes) and probes its devices once,
-    /// so the first ListAndWatch message is ready before any server starts.
+    /// Prepares every plugin (makes its nodes), writes its CDI spec and
+    /// probes its devices once, so the first ListAndWatch message is ready
+    /// before any server starts.
     pub fn new(cfg: Config) -> Result<Self> {
         let mut slots = Vec::new();
         for plugin in &cfg.plugins {
-            let socket = server::socket_path(&cfg.plugin_dir, plugin.as_ref());
-            // Binding would silently take the socket from a live instance.
+            let socket = socket_path(&cfg.registration, &cfg.plugin_dir, plugin.as_ref());
+            // Binding would silently take the socket from a live server.
             if server::socket_answers(&socket) {
                 return Err(Error::Invalid(format!(
                     "another process is serving on {}: refusing to take its socket",
@@ -152,19 +273,16 @@ impl Supervisor {
             );
             slots.push(Slot {
                 socket,
-                devices: plugin.probe(),
+                snapshot: Watch::new(plugin.probe()),
                 plugin: plugin.clone(),
+                state: State::Idle,
                 generation: 0,
                 live: None,
                 kubelet: None,
-                registered: false,
-                waiting: false,
-                in_flight: None,
+                call: None,
                 started: Instant::now(),
                 backoff: BACKOFF_MIN,
-                retry_at: None,
                 streams: 0,
-                stream_check_at: None,
             });
         }
         // One completion queue: one poll thread serves every plugin.
@@ -179,11 +297,20 @@ impl Supervisor {
         })
     }
 
-    /// Runs until SIGTERM or SIGINT (Ok) or a fatal error.
+    /// The dir our sockets are in, which the health thread watches for us.
+    fn socket_dir(&self) -> &Path {
+        match &self.cfg.registration {
+            RegistrationMode::KubeletSock => &self.cfg.plugin_dir,
+            RegistrationMode::PluginsRegistry(dir) => dir,
+        }
+    }
+
+    /// Runs until SIGTERM or SIGINT (Ok) or a fatal error. A thread that
+    /// does not stop in time is an error too.
     pub fn run(mut self) -> Result<()> {
         let (signals, signals_join) = signals::spawn(self.events.clone())?;
-        // In health's order: health::DEV_DIR, health::PLUGIN_DIR.
-        let (watch, watch_stop) = DirWatch::new(&[&self.cfg.dev_dir, &self.cfg.plugin_dir])?;
+        // In health's order: health::DEV_DIR, health::SOCKET_DIR.
+        let (watch, watch_stop) = DirWatch::new(&[&self.cfg.dev_dir, self.socket_dir()])?;
         let mut joins = vec![signals_join];
         joins.push(self.spawn_health(watch)?);
         let threads = joins.len();
@@ -191,28 +318,32 @@ impl Supervisor {
         let result = self.event_loop();
 
         for slot in &mut self.slots {
-            slot.teardown();
+            slot.teardown("shutting down");
         }
         signals.close();
         drop(watch_stop);
-        self.join(joins, threads);
-        result
+        let joined = self.join(joins, threads);
+        result.and(joined)
     }
 
     fn spawn_health(&self, watch: DirWatch) -> Result<JoinHandle<()>> {
-        let plugins = self.cfg.plugins.clone();
-        let last = self.slots.iter().map(|s| s.devices.clone()).collect();
+        let plugins = self
+            .slots
+            .iter()
+            .map(|s| (s.plugin.clone(), s.snapshot.clone()))
+            .collect();
         let interval = self.cfg.poll_interval;
         let events = self.events.clone();
         spawn_named("health", self.events.clone(), move || {
-            health::run(plugins, last, watch, interval, events)
+            health::run(plugins, watch, interval, events)
         })
     }
 
     fn event_loop(&mut self) -> Result<()> {
         self.reconcile_all(false);
         loop {
-            let event = match self.next_deadline() {
+            let deadline = self.slots.iter().filter_map(|s| s.state.deadline()).min();
+            let event = match deadline {
                 Some(at) => match self.inbox.recv_deadline(at) {
                     Ok(ev) => Some(ev),
                     Err(RecvTimeoutError::Timeout) => None,
@@ -226,19 +357,13 @@ impl Supervisor {
                     log::info!("shutting down");
                     return Ok(());
                 }
-                Some(Event::Signal(SignalAction::Reregister)) => {
-                    self.reconcile_all(true);
-                }
-                Some(Event::Health { plugin, devices }) => {
-                    let slot = &mut self.slots[plugin];
-                    if let Some(live) = &slot.live {
-                        live.devices.publish(devices.clone());
-                    }
-                    slot.devices = devices;
-                }
-                Some(Event::PluginDir) => {
-                    self.reconcile_all(false);
-                }
+                Some(Event::Signal(SignalAction::Reregister)) => self.reconcile_all(true),
+                Some(Event::SocketDir) => self.reconcile_all(false),
+                Some(Event::Served {
+                    plugin,
+                    generation,
+                    result,
+                }) => self.served(plugin, generation, result),
                 Some(Event::Registered {
                     plugin,
                     generation,
@@ -258,28 +383,19 @@ impl Supervisor {
         }
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
-        self.slots
-            .iter()
-            .flat_map(|s| [s.retry_at, s.stream_check_at])
-            .flatten()
-            .min()
-    }
-
     fn run_timers(&mut self) {
         let now = Instant::now();
         for i in 0..self.slots.len() {
-            let slot = &mut self.slots[i];
-            if slot.retry_at.is_some_and(|t| t <= now) {
-                slot.retry_at = None;
-                self.reconcile(i, true);
-            } else if slot.stream_check_at.is_some_and(|t| t <= now) {
-                slot.stream_check_at = None;
-                log::info!(
-                    "ListAndWatch not reopened by the kubelet; registering again resource={}",
-                    slot.resource()
-                );
-                self.reconcile(i, true);
+            match self.slots[i].state {
+                State::BackingOff(at) if at <= now => self.reconcile(i, true),
+                State::StreamGrace(at) if at <= now => {
+                    log::info!(
+                        "ListAndWatch not reopened by the kubelet; registering again resource={}",
+                        self.slots[i].resource()
+                    );
+                    self.reconcile(i, true);
+                }
+                _ => {}
             }
         }
     }
@@ -290,19 +406,18 @@ impl Supervisor {
         }
     }
 
-    /// Brings plugin `i` in line with the plugin dir: waits while there is
-    /// no `kubelet.sock`, and serves and registers anew when our socket is
-    /// gone, the kubelet changed, or `force` is set.
+    /// Brings plugin `i` in line with the socket dir: waits while there is
+    /// no `kubelet.sock` (`kubelet-sock` mode), and serves and registers
+    /// anew when our socket is gone, the kubelet changed, or `force` is set.
     fn reconcile(&mut self, i: usize, force: bool) {
         let kubelet_sock = self.cfg.plugin_dir.join(KUBELET_SOCKET);
-        let kubelet = kubelet::socket_id(&kubelet_sock);
+        let by_kubelet_sock = self.cfg.registration == RegistrationMode::KubeletSock;
+        let kubelet = by_kubelet_sock
+            .then(|| kubelet::socket_id(&kubelet_sock))
+            .flatten();
         let slot = &mut self.slots[i];
-        let own_ok = slot
-            .live
-            .as_ref()
-            .is_some_and(|l| kubelet::socket_id(&slot.socket) == Some(l.socket));
-        if kubelet.is_none() {
-            if !slot.waiting {
+        if by_kubelet_sock && kubelet.is_none() {
+            if slot.state != State::WaitingForKubelet {
                 // Something that is not a socket cannot be dialled: say so,
                 // or "waiting for" reads like a hang next to the file.
                 if std::fs::symlink_metadata(&kubelet_sock).is_ok() {
@@ -318,49 +433,56 @@ impl Supervisor {
                         slot.resource()
                     );
                 }
-                slot.waiting = true;
+                // Nothing to register with; the dir watch wakes us when it is back.
+                slot.teardown("the kubelet is gone");
+                slot.kubelet = None;
+                slot.set(State::WaitingForKubelet);
             }
-            // Nothing to register with; the dir watch wakes us when it is back.
-            slot.teardown();
-            slot.kubelet = None;
             return;
         }
-        slot.waiting = false;
-        if !force && own_ok && slot.kubelet == kubelet {
+        let own_ok = slot
+            .live
+            .as_ref()
+            .is_some_and(|l| kubelet::socket_id(&slot.socket) == Some(l.socket));
+        let waiting = matches!(slot.state, State::Idle | State::WaitingForKubelet);
+        if !force && !waiting && own_ok && slot.kubelet == kubelet {
             return;
         }
-        if slot.kubelet.is_some() && slot.kubelet != kubelet {
+        if !waiting && slot.kubelet != kubelet {
             log::info!(
                 "kubelet restarted; registering again resource={}",
                 slot.resource()
             );
-        } else if slot.kubelet.is_some() && !own_ok {
+        } else if !waiting && !own_ok && slot.live.is_some() {
             log::info!(
                 "own socket gone (kubelet restart or deletion); serving again resource={}",
                 slot.resource()
             );
         }
-        slot.teardown();
+        slot.teardown("serving again on a new socket");
         slot.kubelet = kubelet;
         if let Err(e) = self.serve(i) {
-            let slot = &mut self.slots[i];
-            log::error!("cannot serve resource={}: {}", slot.resource(), chain(&e));
+            log::error!(
+                "cannot serve resource={}: {}",
+                self.slots[i].resource(),
+                chain(&e)
+            );
             self.backoff(i);
-            return;
         }
-        self.register(i, &kubelet_sock);
     }
 
-    /// Starts a new server generation for plugin `i` and waits until its
-    /// socket answers.
+    /// Starts a new server generation for plugin `i` and the check that its
+    /// socket answers, whose outcome comes back as [`Event::Served`].
     fn serve(&mut self, i: usize) -> Result<()> {
         let slot = &mut self.slots[i];
         slot.generation += 1;
-        let (generation, events) = (slot.generation, self.events.clone());
-        let devices = Watch::new(slot.devices.clone());
+        let generation = slot.generation;
+        let gate = Watch::new(None);
+        let events = self.events.clone();
         let service = Service::new(
             slot.plugin.clone(),
-            devices.clone(),
+            slot.snapshot.clone(),
+            gate.clone(),
             self.cfg.injection,
             Arc::new(move |change| {
                 let _ = events.send(Event::Stream {
@@ -370,7 +492,25 @@ impl Supervisor {
                 });
             }),
         );
-        let server = server::serve(self.env.clone(), service, &slot.socket)?;
+        let streams = service.streams();
+        let registration = match self.cfg.registration {
+            RegistrationMode::KubeletSock => None,
+            RegistrationMode::PluginsRegistry(_) => {
+                let events = self.events.clone();
+                Some(RegistrationService::new(
+                    slot.resource(),
+                    &slot.socket,
+                    Arc::new(move |result| {
+                        let _ = events.send(Event::Registered {
+                            plugin: i,
+                            generation,
+                            result,
+                        });
+                    }),
+                ))
+            }
+        };
+        let server = server::serve(self.env.clone(), service, registration, &slot.socket)?;
         let socket = kubelet::socket_id(&slot.socket).ok_or_else(|| {
             Error::Invalid(format!(
                 "socket {} vanished after bind",
@@ -379,26 +519,69 @@ impl Supervisor {
         })?;
         slot.live = Some(Live {
             server,
-            devices,
             socket,
+            gate,
+            streams,
         });
-        server::wait_serving(self.env.clone(), &slot.socket, SERVE_CHECK)?;
-        log::info!(
-            "serving resource={} socket={}",
-            slot.resource(),
-            slot.socket.display()
-        );
-        Ok(())
+        slot.set(State::Starting);
+        slot.started = Instant::now();
+        let events = self.events.clone();
+        server::check_serving(self.env.clone(), &slot.socket, SERVE_CHECK, move |result| {
+            let _ = events.send(Event::Served {
+                plugin: i,
+                generation,
+                result,
+            });
+        })
     }
 
-    fn register(&mut self, i: usize, kubelet_sock: &std::path::Path) {
+    fn served(&mut self, i: usize, generation: u64, result: std::result::Result<(), String>) {
+        let slot = &mut self.slots[i];
+        if generation != slot.generation || slot.live.is_none() {
+            return;
+        }
+        // In plugins-registry mode the kubelet's plugin watcher may find the
+        // new socket and register us before our own check comes back.
+        let ahead = slot.state != State::Starting;
+        if let Err(e) = result
+            && !ahead
+        {
+            log::error!(
+                "own socket does not answer resource={} socket={}: {e}",
+                slot.resource(),
+                slot.socket.display()
+            );
+            slot.teardown("serving again on a new socket");
+            self.backoff(i);
+            return;
+        }
+        log::info!(
+            "serving resource={} socket={} registration={}",
+            slot.resource(),
+            slot.socket.display(),
+            self.cfg.registration.name()
+        );
+        if ahead {
+            return;
+        }
+        slot.set(State::Registering);
+        match self.cfg.registration {
+            RegistrationMode::KubeletSock => self.register(i),
+            RegistrationMode::PluginsRegistry(_) => log::info!(
+                "waiting for the kubelet's plugin watcher resource={}",
+                slot.resource()
+            ),
+        }
+    }
+
+    fn register(&mut self, i: usize) {
+        let kubelet_sock = self.cfg.plugin_dir.join(KUBELET_SOCKET);
         let slot = &mut self.slots[i];
         let req = kubelet::register_request(slot.plugin.as_ref());
         let (generation, events) = (slot.generation, self.events.clone());
-        slot.started = Instant::now();
         let sent = kubelet::register_async(
             self.env.clone(),
-            kubelet_sock,
+            &kubelet_sock,
             &req,
             self.cfg.register_timeout,
             move |result| {
@@ -410,7 +593,7 @@ impl Supervisor {
             },
         );
         match sent {
-            Ok(handle) => slot.in_flight = Some(handle),
+            Ok(handle) => slot.call = Some(handle),
             Err(e) => {
                 log::warn!(
                     "register failed resource={}: {}",
@@ -423,20 +606,29 @@ impl Supervisor {
     }
 
     fn registered(&mut self, i: usize, generation: u64, result: std::result::Result<(), String>) {
+        let by_kubelet_sock = self.cfg.registration == RegistrationMode::KubeletSock;
         let slot = &mut self.slots[i];
         if generation != slot.generation {
             return;
         }
-        slot.in_flight = None;
+        slot.call = None;
         match result {
             Ok(()) => {
-                slot.registered = true;
+                slot.set(State::Registered);
                 slot.backoff = BACKOFF_MIN;
                 log::info!(
-                    "registered resource={} endpoint={} took_ms={:.1}",
+                    "registered resource={} socket={} took_ms={:.1}",
                     slot.resource(),
-                    slot.plugin.socket_name(),
+                    slot.socket.display(),
                     slot.started.elapsed().as_secs_f64() * 1000.0
+                );
+            }
+            // The plugin watcher retries on its own while our socket is
+            // there; a new socket would only restart its backoff.
+            Err(e) if !by_kubelet_sock => {
+                log::warn!(
+                    "the kubelet's plugin watcher refused us resource={}: {e}",
+                    slot.resource()
                 );
             }
             Err(e) => {
@@ -454,11 +646,12 @@ impl Supervisor {
     /// [`BACKOFF_MAX`].
     fn backoff(&mut self, i: usize) {
         let slot = &mut self.slots[i];
-        slot.retry_at = Some(Instant::now() + slot.backoff);
+        slot.set(State::BackingOff(Instant::now() + slot.backoff));
         slot.backoff = (slot.backoff * 2).min(BACKOFF_MAX);
     }
 
     fn stream(&mut self, i: usize, generation: u64, change: StreamChange) {
+        let grace = self.cfg.registration.stream_grace();
         let slot = &mut self.slots[i];
         if generation != slot.generation {
             return;
@@ -466,20 +659,23 @@ impl Supervisor {
         match change {
             StreamChange::Opened => {
                 slot.streams += 1;
-                slot.stream_check_at = None;
+                if matches!(slot.state, State::StreamGrace(_)) {
+                    slot.set(State::Registered);
+                }
             }
             StreamChange::Closed => {
                 slot.streams = slot.streams.saturating_sub(1);
-                if slot.streams == 0 && slot.registered {
-                    slot.stream_check_at = Some(Instant::now() + STREAM_GRACE);
+                if slot.streams == 0 && slot.state == State::Registered {
+                    slot.set(State::StreamGrace(Instant::now() + grace));
                 }
             }
         }
     }
 
     /// Waits for every thread to report its end, then joins them; a thread
-    /// that does not end in time is named and left behind.
-    fn join(&self, joins: Vec<JoinHandle<()>>, threads: usize) {
+    /// that does not end in time is named and left behind, and makes the
+    /// exit an error.
+    fn join(&self, joins: Vec<JoinHandle<()>>, threads: usize) -> Result<()> {
         let deadline = Instant::now() + JOIN_TIMEOUT;
         let mut ended = 0;
         while ended < threads {
@@ -494,15 +690,21 @@ impl Supervisor {
                 Err(_) => break,
             }
         }
+        let mut stuck = Vec::new();
         for j in joins {
             if j.is_finished() {
                 let _ = j.join();
             } else {
-                log::error!(
-                    "thread {} did not stop in time",
-                    j.thread().name().unwrap_or("?")
-                );
+                stuck.push(j.thread().name().unwrap_or("?").to_string());
             }
+        }
+        if stuck.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!(
+                "threads did not stop within {JOIN_TIMEOUT:?}: {}",
+                stuck.join(", ")
+            )))
         }
     }
 }

@@ -6,7 +6,9 @@
 //!
 //! This is how one device snapshot feeds every open ListAndWatch stream
 //! without a thread per stream: the streams run as futures on grpcio's
-//! poll thread, and publishing only swaps the value and wakes them.
+//! poll thread, and publishing only swaps the value and wakes them. A cell
+//! of `Option<reason>` is also how a server generation tells its streams to
+//! end ([`Watch::when`]).
 
 use std::{
     pin::Pin,
@@ -14,7 +16,7 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
 
 /// The cell; share it with `Arc`.
 #[derive(Debug)]
@@ -89,6 +91,25 @@ impl<T> Watch<T> {
     }
 }
 
+impl<T: Send + Sync + 'static> Watch<T> {
+    /// Resolves with the first value, current or later, that `accept`
+    /// takes; with `None` if the cell closes first.
+    pub fn when(
+        self: &Arc<Self>,
+        accept: impl Fn(&T) -> bool + Send + 'static,
+    ) -> impl Future<Output = Option<Arc<T>>> + Send + 'static {
+        let mut values = self.subscribe();
+        async move {
+            while let Some(v) = values.next().await {
+                if accept(&v) {
+                    return Some(v);
+                }
+            }
+            None
+        }
+    }
+}
+
 /// A stream of a [`Watch`]'s values.
 #[derive(Debug)]
 pub struct Subscriber<T> {
@@ -140,6 +161,22 @@ mod tests {
         assert_eq!(*s.next().now_or_never().unwrap().unwrap(), 3);
         cell.close();
         assert_eq!(s.next().now_or_never().unwrap(), None);
+    }
+
+    #[test]
+    fn test_when_waits_for_an_accepted_value() {
+        let cell = Watch::new(None::<&str>);
+        let mut stop = Box::pin(cell.when(|v| v.is_some()));
+        assert!((&mut stop).now_or_never().is_none(), "nothing yet");
+        cell.publish(Some("why"));
+        assert_eq!(*stop.now_or_never().unwrap().unwrap(), Some("why"));
+        // Already there: at once.
+        assert!(cell.when(|v| v.is_some()).now_or_never().is_some());
+        let closed = Watch::new(None::<&str>);
+        let mut never = Box::pin(closed.when(|v| v.is_some()));
+        assert!((&mut never).now_or_never().is_none());
+        closed.close();
+        assert_eq!(never.now_or_never().unwrap(), None);
     }
 
     #[test]

@@ -8,9 +8,16 @@
 //! the way a kubelet does (every socket in the dir deleted, `kubelet.sock`
 //! made anew). Everything it sees is sent as a [`SimEvent`] with its time.
 //!
+//! It can also play the kubelet's plugin watcher ([`Sim::watch_registry`]):
+//! it finds registration sockets in a dir, asks GetInfo, checks the answer
+//! like the kubelet, connects to the endpoint and reports back with
+//! NotifyRegistrationStatus; a socket removed is a plugin deregistered.
+//!
 //! It uses only the generated API and its own code, never the plugin's, so
-//! it tests the wire. Threads: grpcio's, and `sim-connect`, which does the
-//! dial-back so the Register handler never blocks the poll thread.
+//! it tests the wire (the inotify helper it shares is no plugin logic).
+//! Threads: grpcio's; `sim-connect`, which does the dial-back so the
+//! Register handler never blocks the poll thread; `sim-registry`, the
+//! plugin watcher, when asked for.
 
 pub mod bench;
 pub mod demo;
@@ -35,7 +42,10 @@ use grpcio::{
     Server, ServerBuilder, ServerCredentials, UnarySink,
 };
 
-use crate::api::{api, api_grpc};
+use crate::{
+    api::{api, api_grpc, pluginregistration, pluginregistration_grpc},
+    dirwatch::{Changes, DirWatch, Stopper, Wake},
+};
 
 /// The kubelet's socket file name.
 pub const KUBELET_SOCKET: &str = "kubelet.sock";
@@ -106,7 +116,16 @@ pub struct Sim {
     jobs: Option<Sender<Job>>,
     stop: Option<Sender<()>>,
     worker: Option<JoinHandle<()>>,
+    registry: Option<Registry>,
     events: Receiver<SimEvent>,
+}
+
+/// The plugin watcher: its dir, what it registered, and its thread.
+struct Registry {
+    dir: PathBuf,
+    known: Arc<Mutex<Registered>>,
+    stop: Option<Stopper>,
+    thread: Option<JoinHandle<()>>,
 }
 
 #[derive(Clone)]
@@ -196,6 +215,7 @@ impl Sim {
             jobs: Some(jobs),
             stop: Some(stop),
             worker: Some(worker),
+            registry: None,
             events,
         };
         sim.serve()?;
@@ -358,13 +378,67 @@ impl Sim {
         Ok((ids, resp))
     }
 
+    /// Plays the kubelet's plugin watcher on `dir` too: registers every
+    /// registration socket there now and every one made later (on a
+    /// thread of its own), and deregisters those removed.
+    pub fn watch_registry(&mut self, dir: &Path) -> Result<(), String> {
+        let (mut watch, stop) =
+            DirWatch::new(&[dir]).map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+        let known = Arc::new(Mutex::new(Registered::new()));
+        let (shared, seen, path) = (self.shared.clone(), known.clone(), dir.to_path_buf());
+        scan_registry(&shared, &path, &mut seen.lock().expect("sim lock"), None);
+        let thread = std::thread::Builder::new()
+            .name("sim-registry".into())
+            .spawn(move || {
+                loop {
+                    let pending: Vec<PathBuf> = {
+                        let known = seen.lock().expect("sim lock");
+                        known
+                            .iter()
+                            .filter(|(_, r)| r.is_none())
+                            .map(|(p, _)| p.clone())
+                            .collect()
+                    };
+                    let retry = (!pending.is_empty()).then_some(REGISTER_RETRY);
+                    let changed = match watch.wait(retry) {
+                        Ok(Wake::Changed(mut dirs)) => match dirs.swap_remove(0) {
+                            Changes::None => continue,
+                            Changes::Named(names) => {
+                                Some(names.iter().map(|n| path.join(n)).collect())
+                            }
+                            Changes::Any => None,
+                        },
+                        Ok(Wake::Timeout) => Some(pending),
+                        Ok(Wake::Stopped) | Err(_) => return,
+                    };
+                    let mut known = seen.lock().expect("sim lock");
+                    scan_registry(&shared, &path, &mut known, changed);
+                }
+            })
+            .map_err(|e| format!("cannot start sim-registry thread: {e}"))?;
+        self.registry = Some(Registry {
+            dir: dir.to_path_buf(),
+            known,
+            stop: Some(stop),
+            thread: Some(thread),
+        });
+        Ok(())
+    }
+
     /// Restarts like a kubelet: drops every plugin connection and the
-    /// Registration server, deletes every socket in the dir, serves again.
+    /// Registration server, deletes every socket in the dir, serves again;
+    /// the plugin watcher, if any, registers the sockets in its dir anew.
     pub fn restart(&mut self) -> Result<(), String> {
         self.disconnect_all();
         self.server = None;
         remove_sockets(&self.shared.dir)?;
-        self.serve()
+        self.serve()?;
+        if let Some(r) = &self.registry {
+            let mut known = r.known.lock().expect("sim lock");
+            known.clear();
+            scan_registry(&self.shared, &r.dir, &mut known, None);
+        }
+        Ok(())
     }
 
     /// Closes the ListAndWatch stream of `resource` and forgets the plugin,
@@ -385,6 +459,12 @@ impl Sim {
 
 impl Drop for Sim {
     fn drop(&mut self) {
+        if let Some(mut r) = self.registry.take() {
+            drop(r.stop.take());
+            if let Some(t) = r.thread.take() {
+                let _ = t.join();
+            }
+        }
         self.disconnect_all();
         self.server = None;
         self.jobs = None;
@@ -415,20 +495,42 @@ pub fn remove_sockets(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Dials the plugin back, reads its options, answers Register, then opens
-/// ListAndWatch: the kubelet's order since 1.25.
-fn connect(shared: &Arc<Shared>, req: api::RegisterRequest, sink: UnarySink<api::Empty>) {
-    let resource = req.resource_name.clone();
-    let path = shared.dir.join(&req.endpoint);
+/// The kubelet's connect routine: dials the plugin's socket at `path`,
+/// reads its options and opens ListAndWatch. No wait_for_ready: a plugin
+/// that registers before it serves fails here, as it does with a kubelet.
+fn dial(shared: &Arc<Shared>, path: &Path) -> Result<Dialled, String> {
     let channel =
         ChannelBuilder::new(shared.env.clone()).connect(&format!("unix:{}", path.display()));
     let client = api_grpc::DevicePluginClient::new(channel);
-    // No wait_for_ready: a plugin that registers before it serves fails here.
     let opt = CallOption::default().timeout(DIAL_TIMEOUT);
-    let options = match client.get_device_plugin_options_opt(&api::Empty::new(), opt) {
-        Ok(o) => o,
-        Err(e) => {
-            let error = format!("failed to get device plugin options: {e}");
+    let options = client
+        .get_device_plugin_options_opt(&api::Empty::new(), opt)
+        .map_err(|e| format!("failed to get device plugin options: {e}"))?;
+    let stream = client
+        .list_and_watch(&api::Empty::new())
+        .map_err(|e| format!("failed to open ListAndWatch: {e}"))?;
+    Ok(Dialled {
+        client,
+        options,
+        stream,
+    })
+}
+
+/// A plugin the simulator has dialled.
+struct Dialled {
+    client: api_grpc::DevicePluginClient,
+    options: api::DevicePluginOptions,
+    stream: grpcio::ClientSStreamReceiver<api::ListAndWatchResponse>,
+}
+
+/// Dials the plugin back, reads its options, answers Register, then follows
+/// its ListAndWatch stream: the kubelet's order since 1.25.
+fn connect(shared: &Arc<Shared>, req: api::RegisterRequest, sink: UnarySink<api::Empty>) {
+    match dial(shared, &shared.dir.join(&req.endpoint)) {
+        Ok(dialled) => follow(shared, req, dialled, move || {
+            futures_executor::block_on(sink.success(api::Empty::new())).is_ok()
+        }),
+        Err(error) => {
             let _ = shared.events.send(SimEvent::Rejected {
                 request: req,
                 error: error.clone(),
@@ -437,19 +539,25 @@ fn connect(shared: &Arc<Shared>, req: api::RegisterRequest, sink: UnarySink<api:
             let _ = futures_executor::block_on(
                 sink.fail(RpcStatus::with_message(RpcStatusCode::UNKNOWN, error)),
             );
-            return;
         }
-    };
-    let stream = match client.list_and_watch(&api::Empty::new()) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = futures_executor::block_on(sink.fail(RpcStatus::with_message(
-                RpcStatusCode::UNKNOWN,
-                format!("failed to open ListAndWatch: {e}"),
-            )));
-            return;
-        }
-    };
+    }
+}
+
+/// Records the connection of `req`'s resource (replacing an older one),
+/// tells the plugin with `answer` (Register's reply, or the plugin
+/// watcher's NotifyRegistrationStatus), and follows its stream.
+fn follow(
+    shared: &Arc<Shared>,
+    req: api::RegisterRequest,
+    dialled: Dialled,
+    answer: impl FnOnce() -> bool,
+) {
+    let resource = req.resource_name.clone();
+    let Dialled {
+        client,
+        options,
+        stream,
+    } = dialled;
     let (mut stream, abort) = abortable(stream);
     let id = {
         let mut next = shared.next_id.lock().expect("sim lock");
@@ -470,7 +578,7 @@ fn connect(shared: &Arc<Shared>, req: api::RegisterRequest, sink: UnarySink<api:
         old.stream.abort();
     }
     // Only an answer that reached the plugin counts as a registration.
-    if futures_executor::block_on(sink.success(api::Empty::new())).is_ok() {
+    if answer() {
         let _ = shared.events.send(SimEvent::Registered {
             request: req,
             options,
@@ -510,4 +618,120 @@ fn connect(shared: &Arc<Shared>, req: api::RegisterRequest, sink: UnarySink<api:
             at: Instant::now(),
         });
     });
+}
+
+/// How long GetInfo may take, as in the kubelet's plugin watcher.
+const GET_INFO_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long NotifyRegistrationStatus may take, as in the kubelet.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How soon the plugin watcher tries a registration that failed again.
+const REGISTER_RETRY: Duration = Duration::from_millis(500);
+
+/// The plugin watcher's pass over its dir, as the kubelet makes it at
+/// start (`changed` is `None`: every socket there is registered) and on
+/// each inotify event (the entries named in `changed`: a socket removed is
+/// deregistered, one created is registered, after the old one at that path
+/// is deregistered). A registration that failed is tried again on the next
+/// pass over the pending ones, as the kubelet's reconciler does while the
+/// socket is there. Dot files and other files are skipped.
+fn scan_registry(
+    shared: &Arc<Shared>,
+    dir: &Path,
+    known: &mut Registered,
+    changed: Option<Vec<PathBuf>>,
+) {
+    let is_socket = |path: &Path| {
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        !hidden && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+    };
+    let paths: Vec<PathBuf> = changed.unwrap_or_else(|| {
+        std::fs::read_dir(dir)
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    });
+    for path in paths {
+        // Deregistration: the kubelet disconnects the plugin's client.
+        if let Some(Some(resource)) = known.remove(&path) {
+            let conn = shared.conns.lock().expect("sim lock").remove(&resource);
+            if let Some(conn) = conn {
+                conn.stream.abort();
+            }
+        }
+        if is_socket(&path) {
+            let resource = register_socket(shared, &path);
+            known.insert(path, resource);
+        }
+    }
+}
+
+/// The registration sockets the plugin watcher found: the resource each
+/// registered, `None` while its registration is pending a retry.
+type Registered = HashMap<PathBuf, Option<String>>;
+
+/// The plugin watcher's registration of one socket: GetInfo, the checks,
+/// the connect routine, then NotifyRegistrationStatus. Returns the
+/// resource when it registered.
+fn register_socket(shared: &Arc<Shared>, socket: &Path) -> Option<String> {
+    let channel =
+        ChannelBuilder::new(shared.env.clone()).connect(&format!("unix:{}", socket.display()));
+    let client = pluginregistration_grpc::RegistrationClient::new(channel);
+    let info = client
+        .get_info_opt(
+            &pluginregistration::InfoRequest::new(),
+            CallOption::default().timeout(GET_INFO_TIMEOUT),
+        )
+        .map_err(|e| {
+            format!(
+                "failed to get plugin info using RPC GetInfo at socket {}: {e}",
+                socket.display()
+            )
+        });
+    let notify = |error: Option<&str>| {
+        let status = pluginregistration::RegistrationStatus {
+            plugin_registered: error.is_none(),
+            error: error
+                .map(|e| format!("RegisterPlugin error -- {e}"))
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        client
+            .notify_registration_status_opt(&status, CallOption::default().timeout(NOTIFY_TIMEOUT))
+            .is_ok()
+    };
+    let mut req = api::RegisterRequest {
+        version: validate::SUPPORTED_VERSIONS[0].into(),
+        endpoint: socket.display().to_string(),
+        ..Default::default()
+    };
+    let checked = info.and_then(|info| {
+        req.resource_name = info.name.clone();
+        let endpoint = validate::plugin_info(
+            &info.type_,
+            &info.name,
+            &info.endpoint,
+            &info.supported_versions,
+            &socket.display().to_string(),
+        )?;
+        req.endpoint = endpoint.clone();
+        dial(shared, Path::new(&endpoint))
+    });
+    match checked {
+        Ok(dialled) => {
+            let resource = req.resource_name.clone();
+            follow(shared, req, dialled, || notify(None));
+            Some(resource)
+        }
+        Err(error) => {
+            notify(Some(&error));
+            let _ = shared.events.send(SimEvent::Rejected {
+                request: req,
+                error,
+                at: Instant::now(),
+            });
+            None
+        }
+    }
 }

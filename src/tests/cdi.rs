@@ -247,11 +247,14 @@ fn test_spec_survives_restart_byte_identical_and_bad_dirs_fail() {
     let mode = std::fs::metadata(&spec).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o644);
 
-    let out = run_cmd(dp, dev, &cdi.join("missing"), &["crand"])
-        .output()
-        .unwrap();
+    // A CDI dir that is a file: nothing to write in (a missing one is made).
+    let out = run_cmd(dp, dev, &spec, &["crand"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--cdi-dir"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--cdi-dir") && err.contains("not a directory"),
+        "{err}"
+    );
 }
 
 /// Runs `script` in a busybox container under podman with `--device

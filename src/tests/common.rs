@@ -6,7 +6,7 @@
 use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -141,4 +141,49 @@ pub fn plugin_cmd(bin: impl AsRef<std::ffi::OsStr>, d: &Dirs, args: &[&str]) -> 
 /// Starts `bin` with debug logs collected.
 pub fn start(bin: impl AsRef<std::ffi::OsStr>, d: &Dirs, args: &[&str]) -> Plugin {
     Plugin::spawn(plugin_cmd(bin, d, args).arg("--log-level").arg("debug"))
+}
+
+/// Runs `cmd` to the end with an empty stdin, at most `limit`; the output.
+pub fn output(mut cmd: Command, limit: Duration) -> Output {
+    let what = format!("{cmd:?}");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // Not left running behind the failed test.
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            panic!("{what} still running after {limit:?}")
+        }
+    }
+}
+
+/// Waits until each of `resources` has sent a device list, in whichever
+/// order (waiting for one after the other would skip the other's event).
+pub fn wait_lists(sim: &kubelet_plugin::sim::Sim, resources: &[&str], limit: Duration) {
+    let mut listed = std::collections::BTreeSet::new();
+    while listed.len() < resources.len() {
+        let r = sim
+            .wait_for(
+                &format!("device lists of {resources:?}"),
+                limit,
+                |ev| match ev {
+                    kubelet_plugin::sim::SimEvent::Devices { resource, .. }
+                        if resources.contains(&resource.as_str()) =>
+                    {
+                        Some(resource.clone())
+                    }
+                    _ => None,
+                },
+            )
+            .unwrap();
+        listed.insert(r);
+    }
 }

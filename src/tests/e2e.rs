@@ -5,7 +5,7 @@
 use std::{
     os::unix::fs::{FileTypeExt, MetadataExt},
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -241,8 +241,8 @@ fn test_sigterm_exits_0_within_1s_and_removes_the_socket() {
 
 /// Runs the plugin with `args` and expects a quick failure with one line on
 /// stderr containing `want`.
-fn expect_fatal(d: &Dirs, cmd: &mut Command, want: &str) {
-    let out = cmd.stdin(Stdio::null()).output().unwrap();
+fn expect_fatal(d: &Dirs, cmd: Command, want: &str) {
+    let out = common::output(cmd, WAIT);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<_> = err.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -267,17 +267,38 @@ fn test_bad_flags_and_dirs_fail_with_one_clear_line() {
         (&["--device-injection", "all"], "cdi, device-spec or both"),
         (&["--resource-domain", "Bad_Domain"], "--resource-domain"),
     ] {
-        expect_fatal(&d, &mut plugin_cmd(&d, args), want);
+        expect_fatal(&d, plugin_cmd(&d, args), want);
     }
 
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubelet-plugin"));
-    cmd.args(["run", "--device-plugin-dir"])
-        .arg(d.plugin.join("missing"))
-        .arg("--dev-dir")
-        .arg(&d.dev);
-    expect_fatal(&d, &mut cmd, "--device-plugin-dir");
-    let out = cmd.output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("No such file or directory"));
+    // A dir that is a file, or missing where it is not made (the dev dir).
+    let file = d.tmp.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    for (flag, path, want) in [
+        ("--device-plugin-dir", &file, "not a directory"),
+        ("--cdi-dir", &file, "not a directory"),
+        (
+            "--dev-dir",
+            &d.dev.join("missing"),
+            "No such file or directory",
+        ),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubelet-plugin"));
+        cmd.args(["run", "--plugin", "crand"]);
+        for (f, dir) in [
+            ("--device-plugin-dir", &d.plugin),
+            ("--cdi-dir", &d.cdi),
+            ("--dev-dir", &d.dev),
+        ] {
+            cmd.arg(f).arg(if f == flag { path } else { dir });
+        }
+        let out = common::output(cmd, WAIT);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!("{flag} {}: {want}", path.display())),
+            "{err}"
+        );
+    }
 
     // Not writable: as an unprivileged user, a root-owned 0755 dir.
     use std::os::unix::{fs::PermissionsExt, process::CommandExt};
@@ -285,7 +306,7 @@ fn test_bad_flags_and_dirs_fail_with_one_clear_line() {
     std::fs::set_permissions(&d.plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut cmd = plugin_cmd(&d, &["--plugin", "crand"]);
     cmd.uid(65534).gid(65534);
-    expect_fatal(&d, &mut cmd, "not writable");
+    expect_fatal(&d, cmd, "not writable");
 }
 
 #[test]
@@ -330,11 +351,16 @@ fn test_sim_rejects_like_the_kubelet() {
 
 /// Waits until the plugin's log contains `what`.
 fn wait_log(p: &Plugin, what: &str) {
+    wait_log_count(p, what, 1);
+}
+
+/// Waits until the plugin's log contains `what` `n` times.
+fn wait_log_count(p: &Plugin, what: &str, n: usize) {
     let deadline = Instant::now() + WAIT;
-    while !p.log().contains(what) {
+    while p.log().matches(what).count() < n {
         assert!(
             Instant::now() < deadline,
-            "no {what:?} in log:\n{}",
+            "not {n} times {what:?} in log:\n{}",
             p.log()
         );
         std::thread::sleep(Duration::from_millis(5));
@@ -379,16 +405,254 @@ fn test_restart_after_kill_9_in_the_same_dirs() {
 }
 
 #[test]
-fn test_second_instance_refuses_a_live_socket() {
+fn test_second_instance_is_refused_before_any_kubelet_and_after() {
     let d = dirs();
+    let mut first = start(&d, &["--plugin", "crand"]);
+    wait_log(&first, "waiting for");
+    let spec = d.cdi.join("github.com.ihcsim-crand.json");
+    let before = std::fs::metadata(&spec).unwrap().modified().unwrap();
+    // No kubelet, so no socket shows that the first one runs: the lock does.
+    let out = common::output(plugin_cmd(&d, &["--plugin", "crand"]), WAIT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "another kubelet-plugin (pid {}) serves github.com.ihcsim/crand",
+            first.child.id()
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::metadata(&spec).unwrap().modified().unwrap(),
+        before,
+        "the refused one wrote nothing"
+    );
+    // Another resource on the same dirs is another instance's business.
+    let kvm = start(&d, &["--plugin", "kvm"]);
+    wait_log(&kvm, "waiting for");
+    drop(kvm);
+
+    // With the kubelet there, the same; the first keeps serving.
     let sim = Sim::start(&d.plugin).unwrap();
-    let _p = start(&d, &["--plugin", "crand"]);
-    sim.wait_registered(CRAND, WAIT).unwrap();
-    let out = plugin_cmd(&d, &["--plugin", "crand"]).output().unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("another process is serving"));
-    // The first one still answers.
+    sim.wait_ready(CRAND, WAIT).unwrap();
+    let out = common::output(plugin_cmd(&d, &["--plugin", "crand"]), WAIT);
+    assert_eq!(out.status.code(), Some(2));
     sim.allocate(CRAND, &["crand0".into()]).unwrap();
+
+    // A clean exit takes the lock file along; kill -9 leaves it unlocked,
+    // and the next start takes it over.
+    first.signal(Signal::SIGTERM);
+    assert_eq!(first.wait_exit(WAIT).unwrap().code(), Some(0));
+    let lock = d
+        .plugin
+        .join(".kubelet-plugin-github.com.ihcsim_crand.lock");
+    assert!(!lock.exists(), "lock file left after a clean exit");
+    let mut second = start(&d, &["--plugin", "crand"]);
+    sim.wait_ready(CRAND, WAIT).unwrap();
+    second.signal(Signal::SIGKILL);
+    second.wait_exit(WAIT).unwrap();
+    assert!(lock.exists());
+    let _third = start(&d, &["--plugin", "crand"]);
+    sim.wait_ready(CRAND, WAIT).unwrap();
+}
+
+#[test]
+fn test_a_live_socket_of_another_program_is_not_taken() {
+    let d = dirs();
+    // Not a kubelet-plugin (no lock), but something serves on our path.
+    let other = std::os::unix::net::UnixListener::bind(d.plugin.join("crand.sock")).unwrap();
+    let out = common::output(plugin_cmd(&d, &["--plugin", "crand"]), WAIT);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another process is serving"));
+    assert!(d.plugin.join("crand.sock").exists());
+    drop(other);
+}
+
+#[test]
+fn test_missing_dirs_are_made_and_said() {
+    let d = dirs();
+    let base = d.tmp.path().join("fresh");
+    let (dp, cdi, registry) = (
+        base.join("var/lib/kubelet/device-plugins"),
+        base.join("run/cdi"),
+        base.join("var/lib/kubelet/plugins_registry"),
+    );
+    for (mode, args) in [
+        ("kubelet-sock", vec![]),
+        (
+            "plugins-registry",
+            vec!["--registration", "plugins-registry"],
+        ),
+    ] {
+        let _ = std::fs::remove_dir_all(&base);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubelet-plugin"));
+        cmd.args(["run", "--plugin", "crand", "--device-plugin-dir"])
+            .arg(&dp)
+            .arg("--dev-dir")
+            .arg(&d.dev)
+            .arg("--cdi-dir")
+            .arg(&cdi)
+            .arg("--plugins-registry-dir")
+            .arg(&registry)
+            .args(&args);
+        let p = Plugin::spawn(&mut cmd);
+        // No kubelet here, in either mode: the plugin waits, ready.
+        wait_log(&p, "waiting for");
+        let mut made = vec![(&dp, 0o750), (&cdi, 0o755)];
+        if mode == "plugins-registry" {
+            made.push((&registry, 0o750));
+        } else {
+            assert!(!registry.exists(), "{mode}: made a dir it does not use");
+        }
+        for (dir, want) in made {
+            let mode_bits = std::fs::metadata(dir).unwrap().mode() & 0o777;
+            assert_eq!(mode_bits, want, "{mode}: {}", dir.display());
+            let line = "created missing directory";
+            assert!(
+                p.log()
+                    .lines()
+                    .any(|l| l.contains(line) && l.contains(&*dir.display().to_string())),
+                "{mode}: no info line for {}:\n{}",
+                dir.display(),
+                p.log()
+            );
+        }
+        assert!(cdi.join("github.com.ihcsim-crand.json").exists(), "{mode}");
+    }
+}
+
+#[test]
+fn test_plugins_registry_mode_registers_and_survives_kubelet_restarts() {
+    let d = dirs();
+    let registry = d.tmp.path().join("plugins_registry");
+    std::fs::create_dir(&registry).unwrap();
+    let mut sim = Sim::start(&d.plugin).unwrap();
+    sim.watch_registry(&registry).unwrap();
+    let mut p = start(
+        &d,
+        &[
+            "--plugin",
+            "crand",
+            "--registration",
+            "plugins-registry",
+            "--plugins-registry-dir",
+            registry.to_str().unwrap(),
+        ],
+    );
+    let socket = registry.join("github.com.ihcsim-crand.sock");
+    let req = sim.wait_registered(CRAND, WAIT).unwrap();
+    assert_eq!(
+        req.endpoint,
+        socket.display().to_string(),
+        "absolute endpoint"
+    );
+    let devices = sim.wait_devices(CRAND, WAIT, |_| true).unwrap();
+    assert!(
+        healthy(&devices, &["crand0", "crand1", "crand2"]),
+        "{devices:?}"
+    );
+    assert!(
+        !d.plugin.join("crand.sock").exists(),
+        "nothing in the device plugin dir"
+    );
+    sim.allocate(CRAND, &["crand1".into()]).unwrap();
+    wait_log(&p, "registered resource=github.com.ihcsim/crand");
+
+    // A kubelet restart: the kubelet finds the same socket again.
+    let inode = std::fs::metadata(&socket).unwrap().ino();
+    sim.restart().unwrap();
+    sim.wait_ready(CRAND, WAIT).unwrap();
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().ino(),
+        inode,
+        "socket kept"
+    );
+
+    assert_eq!(
+        p.log().matches("serving resource=").count(),
+        1,
+        "{}",
+        p.log()
+    );
+
+    // Our socket removed: served anew, and the watcher registers it again.
+    std::fs::remove_file(&socket).unwrap();
+    sim.wait_ready(CRAND, WAIT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", p.log()));
+    wait_log(&p, "own socket gone");
+    wait_log_count(&p, "serving resource=", 2);
+
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit(WAIT).unwrap().code(), Some(0), "{}", p.log());
+    assert!(!socket.exists());
+}
+
+/// Opens ListAndWatch on `sock` and reads it on a thread of its own that
+/// hands over each item, so a test can wait for the next one with a bound.
+fn follow(sock: &Path) -> crossbeam_channel::Receiver<Result<usize, String>> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    // The call lives as long as its client.
+    let client = client(sock);
+    let mut stream = client.list_and_watch(&api::Empty::new()).unwrap();
+    std::thread::spawn(move || {
+        let _client = client;
+        loop {
+            let item = futures_executor::block_on(futures_util::StreamExt::next(&mut stream));
+            let end = !matches!(item, Some(Ok(_)));
+            let _ = tx.send(match item {
+                Some(Ok(msg)) => Ok(msg.devices.len()),
+                Some(Err(e)) => Err(e.to_string()),
+                None => Err("ended with OK".into()),
+            });
+            if end {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_both_ready(sim: &Sim) {
+    common::wait_lists(sim, &[CRAND, KVM], WAIT);
+}
+
+#[test]
+fn test_every_stream_ends_the_same_way_with_the_reason() {
+    let d = dirs();
+    if let Ok(host) = stat("/dev/kvm") {
+        mknod_at(&d.dev.join("kvm"), host.st_rdev);
+    }
+    let sim = Sim::start(&d.plugin).unwrap();
+    let mut p = start(&d, &[]);
+    wait_both_ready(&sim);
+    let open = |sock: &str| {
+        let rx = follow(&d.plugin.join(sock));
+        assert!(rx.recv_timeout(WAIT).unwrap().is_ok(), "first list");
+        rx
+    };
+    // SIGHUP serves anew: the old streams end, saying so.
+    let (crand, kvm) = (open("crand.sock"), open("kvm.sock"));
+    p.signal(Signal::SIGHUP);
+    for rx in [&crand, &kvm] {
+        let end = rx.recv_timeout(WAIT).unwrap().unwrap_err();
+        assert!(
+            end.contains("14-UNAVAILABLE")
+                && end.contains("kubelet-plugin: serving again on a new socket"),
+            "{end}"
+        );
+    }
+    wait_both_ready(&sim);
+    // SIGTERM: every stream, crand's and kvm's alike.
+    let (crand, kvm) = (open("crand.sock"), open("kvm.sock"));
+    p.signal(Signal::SIGTERM);
+    for rx in [&crand, &kvm] {
+        let end = rx.recv_timeout(WAIT).unwrap().unwrap_err();
+        assert!(
+            end.contains("14-UNAVAILABLE") && end.contains("kubelet-plugin: shutting down"),
+            "{end}"
+        );
+    }
+    assert_eq!(p.wait_exit(WAIT).unwrap().code(), Some(0), "{}", p.log());
 }
 
 fn mknod_at(path: &Path, rdev: u64) {
