@@ -614,13 +614,22 @@ impl Supervisor {
         slot.call = None;
         match result {
             Ok(()) => {
+                // From serving to registered; a registration the kubelet's
+                // plugin watcher renews (after its restart) took no time of ours.
+                let took = matches!(slot.state, State::Starting | State::Registering)
+                    .then(|| {
+                        format!(
+                            " took_ms={:.1}",
+                            slot.started.elapsed().as_secs_f64() * 1000.0
+                        )
+                    })
+                    .unwrap_or_default();
                 slot.set(State::Registered);
                 slot.backoff = BACKOFF_MIN;
                 log::info!(
-                    "registered resource={} socket={} took_ms={:.1}",
+                    "registered resource={} socket={}{took}",
                     slot.resource(),
                     slot.socket.display(),
-                    slot.started.elapsed().as_secs_f64() * 1000.0
                 );
             }
             // The plugin watcher retries on its own while our socket is
