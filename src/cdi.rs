@@ -59,11 +59,12 @@ pub fn render(plugin: &dyn Plugin) -> String {
         out.push_str(if i == 0 { "\n" } else { ",\n" });
         let _ = write!(
             out,
-            "    {{\n      \"name\": {},\n      \"containerEdits\": {{\n        \"env\": [{}],\n        \"deviceNodes\": [\n          {{\"path\": {}, \"hostPath\": {}, \"type\": \"c\", \"major\": {}, \"minor\": {}, \"permissions\": \"rw\"}}\n        ]\n      }}\n    }}",
+            "    {{\n      \"name\": {},\n      \"containerEdits\": {{\n        \"env\": [{}],\n        \"deviceNodes\": [\n          {{\"path\": {}, \"hostPath\": {}, \"type\": \"{}\", \"major\": {}, \"minor\": {}, \"permissions\": \"rw\"}}\n        ]\n      }}\n    }}",
             json_str(&node.cdi_name),
             json_str(&format!("{}={fq}", env_name(&node.cdi_name))),
             json_str(&node.container_path),
             json_str(&node.host_path.display().to_string()),
+            node.kind.letter(),
             node.id.major,
             node.id.minor,
         );

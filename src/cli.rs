@@ -1,7 +1,7 @@
 //! The `kubelet-plugin` command line (argh) and its checks: every flag is
 //! validated before anything starts, so a mistake ends in one clear line.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use argh::FromArgs;
 use log::LevelFilter;
@@ -10,13 +10,9 @@ use nix::unistd::{AccessFlags, access};
 use crate::{
     error::{Error, Result},
     health::POLL_INTERVAL,
-    plugin::{Injection, MAX_DEVICES, Plugin, crand::Crand, kvm::Kvm},
-    sim::validate,
+    plugin::{self, Flags, Injection},
     supervisor::{self, Config, RegistrationMode},
 };
-
-/// The plugins this binary has.
-pub const PLUGINS: &[&str] = &["crand", "kvm"];
 
 /// Parses the process's arguments like `argh::from_env`, but also takes
 /// `--flag=value` (argh knows only `--flag value`), the form Kubernetes
@@ -104,9 +100,13 @@ pub struct StatusArgs {
 #[argh(subcommand, name = "cdi")]
 /// Make the crand nodes and write the CDI specs of the chosen plugins, then exit.
 pub struct CdiArgs {
-    /// plugin to write the spec of, crand or kvm; repeat for both (default: both)
+    /// plugin to write the spec of, crand, kvm or none; repeat for both (default: both)
     #[argh(option)]
     pub plugin: Vec<String>,
+    /// a dev resource NAME=PATTERN[:SHARE]: <domain>/NAME, one device per
+    /// node under --dev-dir matching the glob PATTERN; repeatable
+    #[argh(option)]
+    pub device: Vec<String>,
     /// where crand nodes are made and kvm is found
     #[argh(option, default = "PathBuf::from(\"/dev\")")]
     pub dev_dir: PathBuf,
@@ -130,15 +130,18 @@ pub struct CdiArgs {
 impl CdiArgs {
     /// Makes the nodes and writes the specs, or prints them with `--dry-run`.
     pub fn run(&self) -> Result<()> {
-        let plugins = build_plugins(
-            &self.plugin,
-            &self.resource_domain,
-            &self.dev_dir,
-            self.crand_count,
-            self.kvm_count,
-        )?;
+        let plugins = plugin::build(&Flags {
+            plugins: &self.plugin,
+            devices: &self.device,
+            domain: &self.resource_domain,
+            dev_dir: &self.dev_dir,
+            crand_count: self.crand_count,
+            kvm_count: self.kvm_count,
+        })?;
         if self.dry_run {
             for p in &plugins {
+                // A dev plugin's spec lists the nodes it finds.
+                p.probe();
                 print!("{}", crate::cdi::render(p.as_ref()));
             }
             return Ok(());
@@ -149,6 +152,7 @@ impl CdiArgs {
         }
         for p in &plugins {
             p.prepare()?;
+            p.probe();
             let path = crate::cdi::write(&self.cdi_dir, p.as_ref())?;
             println!("wrote {}", path.display());
         }
@@ -160,9 +164,15 @@ impl CdiArgs {
 #[argh(subcommand, name = "run")]
 /// Serve the device plugins, register them with the kubelet and keep them registered.
 pub struct RunArgs {
-    /// plugin to run, crand or kvm; repeat for both (default: both)
+    /// plugin to run, crand, kvm or none; repeat for both (default: both)
     #[argh(option)]
     pub plugin: Vec<String>,
+    /// a dev resource NAME=PATTERN[:SHARE]: <domain>/NAME, one device per
+    /// character or block node under --dev-dir matching the glob PATTERN
+    /// (e.g. ttyUSB*, serial/by-id/*), each shared by SHARE pods (default
+    /// 1); repeatable
+    #[argh(option)]
+    pub device: Vec<String>,
     /// where kubelet.sock is and the plugin sockets go
     #[argh(option, default = "PathBuf::from(\"/var/lib/kubelet/device-plugins\")")]
     pub device_plugin_dir: PathBuf,
@@ -289,77 +299,23 @@ pub fn ensure_dir(flag: &str, dir: &std::path::Path, mode: u32) -> Result<bool> 
 /// The longest path a unix socket can have (`sun_path` less its NUL).
 const SOCKET_PATH_MAX: usize = 107;
 
-fn count(flag: &str, n: usize) -> Result<usize> {
-    if n == 0 || n > MAX_DEVICES {
-        return Err(Error::Invalid(format!(
-            "{flag} {n}: must be between 1 and {MAX_DEVICES}"
-        )));
-    }
-    Ok(n)
-}
-
-/// The plugin names asked for, checked and without repeats; none means all.
-pub fn plugin_names(asked: &[String]) -> Result<Vec<&'static str>> {
-    if asked.is_empty() {
-        return Ok(PLUGINS.to_vec());
-    }
-    let mut names = Vec::new();
-    for p in asked {
-        let name = PLUGINS.iter().find(|n| **n == p).ok_or_else(|| {
-            Error::Invalid(format!("--plugin {p:?}: unknown plugin, use crand or kvm"))
-        })?;
-        if !names.contains(name) {
-            names.push(*name);
+impl RunArgs {
+    /// The flags the plugin kinds are built from.
+    pub fn flags(&self) -> Flags<'_> {
+        Flags {
+            plugins: &self.plugin,
+            devices: &self.device,
+            domain: &self.resource_domain,
+            dev_dir: &self.dev_dir,
+            crand_count: self.crand_count,
+            kvm_count: self.kvm_count,
         }
     }
-    Ok(names)
-}
 
-/// Checks the plugin flags and builds the plugins.
-pub fn build_plugins(
-    asked: &[String],
-    domain: &str,
-    dev_dir: &std::path::Path,
-    crand_count: usize,
-    kvm_count: usize,
-) -> Result<Vec<Arc<dyn Plugin>>> {
-    let names = plugin_names(asked)?;
-    let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
-    // The domain is also the CDI vendor, which the CDI parser wants to
-    // start with a letter: `0x.com` passes the kubelet's DNS rule, but
-    // runtimes would drop our spec and fail every container asking for
-    // its devices (found by fuzzing).
-    if !domain.starts_with(|c: char| c.is_ascii_alphabetic()) {
-        return Err(Error::Invalid(format!(
-            "--resource-domain {domain:?}: must start with a letter, as CDI vendor names do"
-        )));
-    }
-    for name in names {
-        validate::resource_name(&format!("{domain}/{name}"))
-            .map_err(|e| Error::Invalid(format!("--resource-domain {domain:?}: {e}")))?;
-        plugins.push(match name {
-            "crand" => Arc::new(Crand::new(
-                domain,
-                dev_dir,
-                count("--crand-count", crand_count)?,
-            )?),
-            _ => Arc::new(Kvm::new(domain, dev_dir, count("--kvm-count", kvm_count)?)),
-        });
-    }
-    Ok(plugins)
-}
-
-impl RunArgs {
     /// Checks every flag and builds the supervisor's configuration; touches
     /// nothing (see [`prepare_dirs`]).
     pub fn config(&self) -> Result<Config> {
-        let plugins = build_plugins(
-            &self.plugin,
-            &self.resource_domain,
-            &self.dev_dir,
-            self.crand_count,
-            self.kvm_count,
-        )?;
+        let plugins = plugin::build(&self.flags())?;
         let registration = match self.registration {
             Registration::KubeletSock => RegistrationMode::KubeletSock,
             Registration::PluginsRegistry => {
@@ -413,13 +369,22 @@ mod tests {
 
     #[test]
     fn test_resource_domain_must_make_a_cdi_vendor() {
-        let (kvm, dev) = (["kvm".to_string()], std::path::Path::new("/nonexistent"));
-        let err = build_plugins(&kvm, "0x.com", dev, 1, 1).unwrap_err();
+        let dev = std::path::Path::new("/nonexistent");
+        let kvm = ["kvm".to_string()];
+        let flags = |domain| Flags {
+            plugins: &kvm,
+            devices: &[],
+            domain,
+            dev_dir: dev,
+            crand_count: 1,
+            kvm_count: 1,
+        };
+        let err = plugin::build(&flags("0x.com")).unwrap_err();
         assert!(
             err.to_string().contains("must start with a letter"),
             "{err}"
         );
-        assert!(build_plugins(&kvm, "x0.com", dev, 1, 1).is_ok());
+        assert!(plugin::build(&flags("x0.com")).is_ok());
     }
 
     #[test]

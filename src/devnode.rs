@@ -1,29 +1,19 @@
-//! Character device nodes on the host: reading a node's major:minor, checking
-//! that a node is what a device needs, and making missing nodes.
+//! Device nodes on the host: reading a node's kind and major:minor,
+//! checking that a node is what a device needs (with a [`Reason`] when it is
+//! not), and making missing nodes.
 
-use std::{fmt, path::Path};
+use std::path::Path;
 
 use nix::{
     errno::Errno,
     sys::stat::{self, Mode, SFlag},
 };
 
-use crate::error::{Error, Result};
-
-/// A character device number, `major:minor`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NodeId {
-    /// The driver's major number.
-    pub major: u64,
-    /// The minor number.
-    pub minor: u64,
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.major, self.minor)
-    }
-}
+pub use crate::device::{NodeId, NodeKind};
+use crate::{
+    device::{FileKind, Reason},
+    error::{Error, Result},
+};
 
 fn node_id(st: &stat::FileStat) -> NodeId {
     NodeId {
@@ -36,17 +26,39 @@ fn file_type(st: &stat::FileStat) -> SFlag {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
 }
 
+/// The kind and number of a stat result, or why it is no device node.
+fn as_node(st: &stat::FileStat) -> std::result::Result<(NodeKind, NodeId), Reason> {
+    let kind = match file_type(st) {
+        SFlag::S_IFCHR => NodeKind::Char,
+        SFlag::S_IFBLK => NodeKind::Block,
+        SFlag::S_IFLNK => return Err(Reason::Symlink),
+        SFlag::S_IFREG => return Err(Reason::NotADevice(FileKind::Regular)),
+        SFlag::S_IFDIR => return Err(Reason::NotADevice(FileKind::Directory)),
+        SFlag::S_IFIFO => return Err(Reason::NotADevice(FileKind::Fifo)),
+        SFlag::S_IFSOCK => return Err(Reason::NotADevice(FileKind::Socket)),
+        _ => return Err(Reason::NotADevice(FileKind::Other)),
+    };
+    Ok((kind, node_id(st)))
+}
+
+fn stat_error(e: Errno) -> Reason {
+    match e {
+        Errno::ENOENT | Errno::ENOTDIR => Reason::Missing,
+        e => Reason::StatFailed(e),
+    }
+}
+
 /// The number of the character device at `path` (symlinks followed, as a
 /// host path like `/dev/random` may be one).
 pub fn host_node(path: &Path) -> Result<NodeId> {
     let st = stat::stat(path).map_err(|e| Error::io("stat host device", path, e))?;
-    if file_type(&st) != SFlag::S_IFCHR {
-        return Err(Error::Invalid(format!(
+    match as_node(&st) {
+        Ok((NodeKind::Char, id)) => Ok(id),
+        _ => Err(Error::Invalid(format!(
             "{} is not a character device",
             path.display()
-        )));
+        ))),
     }
-    Ok(node_id(&st))
 }
 
 /// The permission bits of the node at `path` (symlinks followed).
@@ -56,31 +68,26 @@ pub fn host_mode(path: &Path) -> Result<u32> {
 }
 
 /// Checks that `path` itself (never a symlink's target) is a character
-/// device numbered `want`. The error says why it is not, in a few words.
-pub fn check_char(path: &Path, want: NodeId) -> std::result::Result<(), String> {
-    let st = match stat::lstat(path) {
-        Ok(st) => st,
-        Err(Errno::ENOENT) => return Err("node missing".into()),
-        Err(e) => return Err(format!("cannot stat node: {e}")),
-    };
-    let kind = file_type(&st);
-    if kind != SFlag::S_IFCHR {
-        let what = match kind {
-            SFlag::S_IFLNK => "a symlink",
-            SFlag::S_IFREG => "a regular file",
-            SFlag::S_IFDIR => "a directory",
-            SFlag::S_IFIFO => "a FIFO",
-            SFlag::S_IFSOCK => "a socket",
-            SFlag::S_IFBLK => "a block device",
-            _ => "not a device",
-        };
-        return Err(format!("node is {what}, not a character device"));
+/// device numbered `want`.
+pub fn check_char(path: &Path, want: NodeId) -> std::result::Result<(), Reason> {
+    let st = stat::lstat(path).map_err(stat_error)?;
+    let (kind, got) = as_node(&st)?;
+    if kind != NodeKind::Char {
+        return Err(Reason::WrongType {
+            got: kind,
+            want: NodeKind::Char,
+        });
     }
-    let got = node_id(&st);
     if got != want {
-        return Err(format!("node is {got}, want {want}"));
+        return Err(Reason::WrongNumber { got, want });
     }
     Ok(())
+}
+
+/// The kind and number of the device node at `path`, following symlinks
+/// (a udev link such as `serial/by-id/usb-...` stands for its target).
+pub fn inspect(path: &Path) -> std::result::Result<(NodeKind, NodeId), Reason> {
+    as_node(&stat::stat(path).map_err(stat_error)?)
 }
 
 /// Makes `path` a character device `id` with permission bits `mode` when
@@ -114,7 +121,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let random = host_node(Path::new("/dev/random")).unwrap();
         let node = dir.path().join("n");
-        assert_eq!(check_char(&node, random).unwrap_err(), "node missing");
+        assert_eq!(check_char(&node, random).unwrap_err(), Reason::Missing);
         assert!(ensure_char(&node, random, 0o640).unwrap());
         assert!(!ensure_char(&node, random, 0o640).unwrap());
         check_char(&node, random).unwrap();
@@ -127,10 +134,18 @@ mod tests {
         let other = NodeId { major: 1, minor: 3 };
         assert_eq!(
             check_char(&node, other).unwrap_err(),
-            format!("node is {random}, want 1:3")
+            Reason::WrongNumber {
+                got: random,
+                want: other
+            }
         );
         let link = dir.path().join("l");
         std::os::unix::fs::symlink("/dev/random", &link).unwrap();
-        assert!(check_char(&link, random).unwrap_err().contains("symlink"));
+        assert_eq!(check_char(&link, random).unwrap_err(), Reason::Symlink);
+        // Followed by inspect, as a udev link is.
+        assert_eq!(inspect(&link).unwrap(), (NodeKind::Char, random));
+        std::fs::remove_file(&node).unwrap();
+        std::os::unix::fs::symlink("gone", &node).unwrap();
+        assert_eq!(inspect(&node).unwrap_err(), Reason::Missing);
     }
 }

@@ -1,11 +1,17 @@
 //! Watching directories with inotify, interruptibly: a thread waits on one
-//! inotify fd (a watch per directory) and on a stop pipe at once, so it
-//! reacts to a change at once, stops at once, and spends no CPU in between.
+//! inotify fd (a watch per directory), a stop pipe and a kick pipe at once,
+//! so it reacts to a change at once, stops at once, can be woken on
+//! purpose, and spends no CPU in between.
+//!
+//! Each root given to [`DirWatch::new`] is a group; subdirectories of a
+//! root can be watched too ([`DirWatch::watch_sub`]), also ones that appear
+//! later, and their changes are reported as paths relative to the root.
 
 use std::{
-    ffi::OsString,
+    collections::HashMap,
     os::fd::{AsFd, OwnedFd},
-    path::Path,
+    path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -21,33 +27,46 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 pub struct Stopper(#[allow(dead_code)] OwnedFd);
 
+/// Wakes the watcher it was made with ([`Wake::Kicked`]).
+#[derive(Clone, Debug)]
+pub struct Kicker(Arc<OwnedFd>);
+
+impl Kicker {
+    /// Wakes the watcher; kicks before it wakes count as one.
+    pub fn kick(&self) {
+        let _ = nix::unistd::write(self.0.as_fd(), &[1]);
+    }
+}
+
 /// What [`DirWatch::wait`] saw.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Wake {
-    /// Something changed: for each watched dir, in the order given to
+    /// Something changed: for each root, in the order given to
     /// [`DirWatch::new`], what.
     Changed(Vec<Changes>),
     /// The timeout passed with no change.
     Timeout,
     /// The stopper was dropped.
     Stopped,
+    /// A [`Kicker`] asked for it.
+    Kicked,
 }
 
-/// What changed in one watched dir.
+/// What changed under one root.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub enum Changes {
     /// Nothing.
     #[default]
     None,
-    /// These entries.
-    Named(Vec<OsString>),
+    /// These entries, relative to the root.
+    Named(Vec<PathBuf>),
     /// Something the kernel could not name (its event queue overflowed, or
-    /// the dir itself changed): anything may have.
+    /// a watched dir itself changed): anything may have.
     Any,
 }
 
 impl Changes {
-    fn add(&mut self, name: Option<OsString>) {
+    fn add(&mut self, name: Option<PathBuf>) {
         match (name, &mut *self) {
             (_, Changes::Any) => {}
             (None, _) => *self = Changes::Any,
@@ -57,49 +76,105 @@ impl Changes {
     }
 }
 
-/// inotify watches on some directories plus the read end of a stop pipe.
+/// inotify watches on some directories plus the read ends of the stop and
+/// kick pipes.
 #[derive(Debug)]
 pub struct DirWatch {
     inotify: Inotify,
-    watches: Vec<WatchDescriptor>,
+    roots: Vec<PathBuf>,
+    /// Every watch: its root and its dir relative to the root.
+    watches: HashMap<WatchDescriptor, Vec<(usize, PathBuf)>>,
     stop: OwnedFd,
+    kick: OwnedFd,
+    kicker: Kicker,
+}
+
+/// Entries created, deleted, moved or changed in their attributes. Not
+/// IN_CLOSE_WRITE: the kvm probe opens its node read-write, and closing it
+/// would wake the health thread again, forever.
+fn mask() -> AddWatchFlags {
+    AddWatchFlags::IN_CREATE
+        | AddWatchFlags::IN_DELETE
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_ATTRIB
 }
 
 impl DirWatch {
-    /// Watches `dirs` for entries created, deleted, moved or changed in
+    /// Watches `roots` for entries created, deleted, moved or changed in
     /// their attributes. Returns the watch and the stopper that ends it.
-    pub fn new(dirs: &[&Path]) -> Result<(DirWatch, Stopper)> {
+    pub fn new(roots: &[&Path]) -> Result<(DirWatch, Stopper)> {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-            .map_err(|e| Error::io("start inotify for", dirs[0], e))?;
-        let mask = AddWatchFlags::IN_CREATE
-            | AddWatchFlags::IN_DELETE
-            | AddWatchFlags::IN_MOVED_FROM
-            | AddWatchFlags::IN_MOVED_TO
-            | AddWatchFlags::IN_ATTRIB;
-        // Not IN_CLOSE_WRITE: the kvm probe opens its node read-write, and
-        // closing it would wake the health thread again, forever.
-        let watches = dirs
-            .iter()
-            .map(|dir| {
-                inotify
-                    .add_watch(*dir, mask)
-                    .map_err(|e| Error::io("watch directory", *dir, e))
-            })
-            .collect::<Result<_>>()?;
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| Error::io("create stop pipe for", dirs[0], e))?;
-        Ok((
-            DirWatch {
-                inotify,
-                watches,
-                stop: read,
-            },
-            Stopper(write),
-        ))
+            .map_err(|e| Error::io("start inotify for", roots[0], e))?;
+        let pipe = || {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(|e| Error::io("create wake pipe for", roots[0], e))
+        };
+        let (stop, stopper) = pipe()?;
+        let (kick, kicker) = pipe()?;
+        let mut watch = DirWatch {
+            inotify,
+            roots: roots.iter().map(|r| r.to_path_buf()).collect(),
+            watches: HashMap::new(),
+            stop,
+            kick,
+            kicker: Kicker(Arc::new(kicker)),
+        };
+        for (group, root) in roots.iter().enumerate() {
+            let wd = watch
+                .inotify
+                .add_watch(*root, mask())
+                .map_err(|e| Error::io("watch directory", *root, e))?;
+            watch
+                .watches
+                .entry(wd)
+                .or_default()
+                .push((group, PathBuf::new()));
+        }
+        Ok((watch, Stopper(stopper)))
     }
 
-    /// Waits for a change, the stopper, or `timeout` (`None`: no timeout).
-    /// Events that arrive together are returned together.
+    /// A handle that wakes this watch.
+    pub fn kicker(&self) -> Kicker {
+        self.kicker.clone()
+    }
+
+    /// Watches `<root of group>/<rel>` too when it is a directory; returns
+    /// whether it is watched. Call it again after a change under the root:
+    /// a dir that appears later is watched from then on.
+    pub fn watch_sub(&mut self, group: usize, rel: &Path) -> bool {
+        let watched = self
+            .watches
+            .values()
+            .flatten()
+            .any(|(g, r)| *g == group && r == rel);
+        if watched {
+            return true;
+        }
+        let dir = self.roots[group].join(rel);
+        if !dir.is_dir() {
+            return false;
+        }
+        match self
+            .inotify
+            .add_watch(&dir, mask() | AddWatchFlags::IN_ONLYDIR)
+        {
+            Ok(wd) => {
+                self.watches
+                    .entry(wd)
+                    .or_default()
+                    .push((group, rel.to_path_buf()));
+                true
+            }
+            Err(e) => {
+                log::debug!("cannot watch {}: {e}", dir.display());
+                false
+            }
+        }
+    }
+
+    /// Waits for a change, the stopper, a kick or `timeout` (`None`: no
+    /// timeout). Events that arrive together are returned together.
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<Wake> {
         let timeout = match timeout {
             Some(t) => PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX),
@@ -108,6 +183,7 @@ impl DirWatch {
         let mut fds = [
             PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.kick.as_fd(), PollFlags::POLLIN),
         ];
         match poll(&mut fds, timeout) {
             Ok(0) => return Ok(Wake::Timeout),
@@ -115,26 +191,40 @@ impl DirWatch {
             Err(Errno::EINTR) => return Ok(Wake::Timeout),
             Err(e) => return Err(Error::io("wait for inotify", "", e)),
         }
+        let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
         // The write end is closed: POLLHUP, and nothing ever to read.
-        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+        if ready(&fds[1]) {
             return Ok(Wake::Stopped);
         }
-        let mut changes: Vec<Changes> = self.watches.iter().map(|_| Changes::None).collect();
+        if ready(&fds[2]) {
+            let mut buf = [0u8; 64];
+            while nix::unistd::read(self.kick.as_fd(), &mut buf).is_ok_and(|n| n > 0) {}
+            return Ok(Wake::Kicked);
+        }
+        let mut changes: Vec<Changes> = self.roots.iter().map(|_| Changes::None).collect();
         loop {
             match self.inotify.read_events() {
                 Ok(events) => {
                     for e in events {
-                        // The same dir given twice has one watch: it is both.
-                        let mut ours = false;
-                        for (i, wd) in self.watches.iter().enumerate() {
-                            if *wd == e.wd {
-                                changes[i].add(e.name.clone());
-                                ours = true;
+                        if e.mask.contains(AddWatchFlags::IN_IGNORED) {
+                            // A watched subdir went away (its parent's
+                            // event says so); a root's watch never does.
+                            if let Some(owners) = self.watches.remove(&e.wd) {
+                                for (group, _) in owners {
+                                    changes[group].add(None);
+                                }
                             }
+                            continue;
                         }
-                        // IN_Q_OVERFLOW names no watch: events of any dir were lost.
-                        if !ours {
-                            changes.iter_mut().for_each(|c| *c = Changes::Any);
+                        match self.watches.get(&e.wd) {
+                            // The same dir given twice has one watch: it is both.
+                            Some(owners) => {
+                                for (group, rel) in owners {
+                                    changes[*group].add(e.name.as_ref().map(|n| rel.join(n)));
+                                }
+                            }
+                            // IN_Q_OVERFLOW names no watch: events of any dir were lost.
+                            None => changes.iter_mut().for_each(|c| *c = Changes::Any),
                         }
                     }
                 }
@@ -179,7 +269,44 @@ mod tests {
             watch.wait(Some(Duration::from_millis(1))).unwrap(),
             Wake::Timeout
         );
+        watch.kicker().kick();
+        watch.kicker().kick();
+        assert_eq!(watch.wait(wait).unwrap(), Wake::Kicked);
+        assert_eq!(
+            watch.wait(Some(Duration::from_millis(1))).unwrap(),
+            Wake::Timeout,
+            "two kicks, one wake"
+        );
         drop(stop);
         assert_eq!(watch.wait(None).unwrap(), Wake::Stopped);
+    }
+
+    #[test]
+    fn test_subdirs_that_appear_later_are_watched_by_relative_path() {
+        let root = tempfile::tempdir().unwrap();
+        let (mut watch, _stop) = DirWatch::new(&[root.path()]).unwrap();
+        let wait = Some(Duration::from_secs(5));
+        let sub = Path::new("serial/by-id");
+        assert!(!watch.watch_sub(0, sub), "not there yet");
+        std::fs::create_dir_all(root.path().join(sub)).unwrap();
+        assert_eq!(
+            watch.wait(wait).unwrap(),
+            Wake::Changed(vec![Changes::Named(vec!["serial".into()])])
+        );
+        assert!(watch.watch_sub(0, Path::new("serial")));
+        assert!(watch.watch_sub(0, sub));
+        std::fs::write(root.path().join(sub).join("usb-x"), "").unwrap();
+        assert_eq!(
+            watch.wait(wait).unwrap(),
+            Wake::Changed(vec![Changes::Named(vec!["serial/by-id/usb-x".into()])])
+        );
+        // Gone: its watch is dropped, and it can be watched again later.
+        std::fs::remove_dir_all(root.path().join("serial")).unwrap();
+        let mut seen_gone = false;
+        while let Ok(Wake::Changed(_)) = watch.wait(Some(Duration::from_millis(200))) {
+            seen_gone = true;
+        }
+        assert!(seen_gone);
+        assert!(!watch.watch_sub(0, sub));
     }
 }

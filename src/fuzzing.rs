@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | [`allocate`] | a protobuf `AllocateRequest` | [`Service::allocate_response`] of a crand and a kvm plugin |
 //! | [`names`] | one string | [`validate`], the `--resource-domain` check, CDI kinds, names and specs |
-//! | [`flags`] | arguments split on NUL | [`cli::split_equals`], the argh parser, [`cli::build_plugins`] |
+//! | [`flags`] | arguments split on NUL | [`cli::split_equals`], the argh parser, [`plugin::build`] |
 //!
 //! The expectations are written from the rules the code documents (and
 //! `kubelet-contract.md`), not from the code itself. Nothing here writes to
@@ -29,7 +29,7 @@ use protobuf::Message as _;
 use crate::{
     api::api,
     cdi, cli,
-    device::{Device, Health},
+    device::{Device, Health, Reason},
     error::Error,
     plugin::{self, AllocError, Injection, MAX_DEVICES, Plugin},
     server::Service,
@@ -62,7 +62,7 @@ fn snapshot(name: &str, count: usize) -> Vec<Device> {
         .map(|i| {
             let id = format!("{name}{i}");
             if i % 3 == 1 {
-                Device::unhealthy(id, "fuzz: node missing")
+                Device::unhealthy(id, Reason::Missing)
             } else {
                 Device::healthy(id)
             }
@@ -73,7 +73,7 @@ fn snapshot(name: &str, count: usize) -> Vec<Device> {
 fn cases() -> &'static [Case] {
     static CASES: OnceLock<Vec<Case>> = OnceLock::new();
     CASES.get_or_init(|| {
-        let plugins = cli::build_plugins(&[], DOMAIN, Path::new(NO_DIR), CRAND_COUNT, KVM_COUNT)
+        let plugins = plugin::build(&plugin_flags(&[], &[], DOMAIN, CRAND_COUNT, KVM_COUNT))
             .unwrap_or_else(|e| panic!("building the crand and kvm plugins failed: {e}"));
         let mut cases = Vec::new();
         for plugin in plugins {
@@ -121,8 +121,11 @@ fn refusal(case: &Case, req: &api::AllocateRequest) -> Option<String> {
             }
             match case.devices.iter().find(|d| &d.id == id) {
                 None => return Some(AllocError::Unknown(id.clone()).to_string()),
-                Some(d) if d.health != Health::Healthy => {
-                    return Some(AllocError::Unhealthy(id.clone(), d.reason.clone()).to_string());
+                Some(Device {
+                    health: Health::Unhealthy(why),
+                    ..
+                }) => {
+                    return Some(AllocError::Unhealthy(id.clone(), why.to_string()).to_string());
                 }
                 Some(_) => {}
             }
@@ -497,12 +500,12 @@ pub fn names(data: &[u8]) {
         }
     }
 
-    // `--resource-domain`: what build_plugins accepts, the simulator and
+    // `--resource-domain`: what plugin::build accepts, the simulator and
     // CDI runtimes must accept too.
     let domain_ok = extended_resource_name(&format!("{s}/crand"))
         && extended_resource_name(&format!("{s}/kvm"))
         && cdi_vendor_or_class(s);
-    match cli::build_plugins(&[], s, Path::new(NO_DIR), 3, 1) {
+    match plugin::build(&plugin_flags(&[], &[], s, 3, 1)) {
         Ok(plugins) => {
             assert_eq!(plugins.len(), 2, "--resource-domain {s:?}: both plugins");
             for p in &plugins {
@@ -585,28 +588,56 @@ fn check_split(args: &[String], split: &[String]) {
     );
 }
 
-/// The flag `build_plugins` must name in its refusal, by its documented
+/// The flags of a `run` or `cdi` with these values, the others empty.
+fn plugin_flags<'a>(
+    plugins: &'a [String],
+    devices: &'a [String],
+    domain: &'a str,
+    crand: usize,
+    kvm: usize,
+) -> plugin::Flags<'a> {
+    plugin::Flags {
+        plugins,
+        devices,
+        domain,
+        dev_dir: Path::new(NO_DIR),
+        crand_count: crand,
+        kvm_count: kvm,
+    }
+}
+
+/// The flag `plugin::build` must name in its refusal, by its documented
 /// rules, or `None` when it must build the plugins: `--plugin` names only
-/// crand and kvm; then for each chosen plugin the domain must make a valid
-/// resource name and CDI vendor, and its count be 1..=MAX_DEVICES.
-fn build_refusal(asked: &[String], domain: &str, crand: usize, kvm: usize) -> Option<&'static str> {
-    if asked.iter().any(|p| p != "crand" && p != "kvm") {
+/// crand, kvm or none; the domain must make valid resource names and a CDI
+/// vendor; each chosen plugin's count is 1..=MAX_DEVICES; each `--device`
+/// parses and names a resource once.
+fn build_refusal(
+    asked: &[String],
+    devices: &[String],
+    domain: &str,
+    crand: usize,
+    kvm: usize,
+) -> Option<&'static str> {
+    if asked
+        .iter()
+        .any(|p| p != "crand" && p != "kvm" && p != "none")
+    {
         return Some("--plugin");
     }
+    if !extended_resource_name(&format!("{domain}/x")) || !cdi_vendor_or_class(domain) {
+        return Some("--resource-domain");
+    }
     let mut chosen: Vec<&str> = Vec::new();
-    for p in asked {
+    for p in asked.iter().filter(|p| *p != "none") {
         if !chosen.contains(&p.as_str()) {
             chosen.push(p);
         }
     }
-    if chosen.is_empty() {
+    if asked.is_empty() {
         chosen = vec!["crand", "kvm"];
     }
-    for name in chosen {
-        if !extended_resource_name(&format!("{domain}/{name}")) || !cdi_vendor_or_class(domain) {
-            return Some("--resource-domain");
-        }
-        let (flag, n) = match name {
+    for name in ["crand", "kvm"].iter().filter(|n| chosen.contains(n)) {
+        let (flag, n) = match *name {
             "crand" => ("--crand-count", crand),
             _ => ("--kvm-count", kvm),
         };
@@ -614,12 +645,31 @@ fn build_refusal(asked: &[String], domain: &str, crand: usize, kvm: usize) -> Op
             return Some(flag);
         }
     }
+    let mut names = Vec::new();
+    for d in devices {
+        match plugin::dev::DeviceFlag::parse(d) {
+            Ok(f) if !names.contains(&f.name) => names.push(f.name),
+            _ => return Some("--device"),
+        }
+    }
+    for name in &names {
+        if !extended_resource_name(&format!("{domain}/{name}")) {
+            return Some("--resource-domain");
+        }
+    }
     None
 }
 
-fn check_build(what: &str, asked: &[String], domain: &str, crand: usize, kvm: usize) {
-    let result = cli::build_plugins(asked, domain, Path::new(NO_DIR), crand, kvm);
-    match (result, build_refusal(asked, domain, crand, kvm)) {
+fn check_build(
+    what: &str,
+    asked: &[String],
+    devices: &[String],
+    domain: &str,
+    crand: usize,
+    kvm: usize,
+) {
+    let result = plugin::build(&plugin_flags(asked, devices, domain, crand, kvm));
+    match (result, build_refusal(asked, devices, domain, crand, kvm)) {
         (Ok(plugins), None) => {
             let names: Vec<&str> = plugins.iter().map(|p| p.name()).collect();
             for p in &plugins {
@@ -658,6 +708,7 @@ fn check_build(what: &str, asked: &[String], domain: &str, crand: usize, kvm: us
 fn run_args(r: &cli::RunArgs) -> Vec<String> {
     let mut args = vec!["run".to_string()];
     args.extend(r.plugin.iter().map(|p| format!("--plugin={p}")));
+    args.extend(r.device.iter().map(|d| format!("--device={d}")));
     args.push(format!(
         "--device-plugin-dir={}",
         r.device_plugin_dir.display()
@@ -701,13 +752,13 @@ fn parse(args: &[String]) -> Result<cli::Cli, argh::EarlyExit> {
 
 /// Arbitrary bytes split on NUL into arguments (none for no bytes), through
 /// `split_equals` and argh as `kubelet-plugin` parses its command line, then
-/// `build_plugins` for a parsed `run` or `cdi`.
+/// `plugin::build` for a parsed `run` or `cdi`.
 ///
 /// Invariants: no panic; `split_equals` splits exactly the `--flag=value`
-/// arguments before `--`; `build_plugins` refuses an unknown `--plugin`, a
+/// arguments before `--`; `plugin::build` refuses an unknown `--plugin`, a
 /// bad `--resource-domain`, a `--crand-count` or `--kvm-count` of a chosen
-/// plugin outside 1..=16384, naming the flag, and builds every chosen
-/// plugin once otherwise; a parsed `run` written back as `--flag=value`
+/// plugin outside 1..=16384, a bad or repeated `--device`, naming the
+/// flag, and builds every chosen plugin once otherwise; a parsed `run` written back as `--flag=value`
 /// arguments parses to the same flags.
 pub fn flags(data: &[u8]) {
     let args: Vec<String> = match data {
@@ -726,6 +777,7 @@ pub fn flags(data: &[u8]) {
             check_build(
                 &what,
                 &r.plugin,
+                &r.device,
                 &r.resource_domain,
                 r.crand_count,
                 r.kvm_count,
@@ -747,6 +799,7 @@ pub fn flags(data: &[u8]) {
         Some(cli::Command::Cdi(c)) => check_build(
             &what,
             &c.plugin,
+            &c.device,
             &c.resource_domain,
             c.crand_count,
             c.kvm_count,

@@ -12,16 +12,17 @@
 //! once: a change there is forwarded as [`Event::SocketDir`]. One thread
 //! for both keeps the process within its thread budget.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
 
 use crossbeam_channel::Sender;
 
 use crate::{
+    cdi,
     device::{self, Device},
     dirwatch::{Changes, DirWatch, Wake},
     error::chain,
     event::Event,
-    plugin::Plugin,
+    plugin::{Affected, Plugin},
     watch::Watch,
 };
 
@@ -35,49 +36,86 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// changed: only the devices that depend on them are probed again, the
 /// rest is taken from `last`. `None` when no device of the plugin is
 /// concerned.
-fn probe(plugin: &dyn Plugin, last: &[Device], changed: Option<&[String]>) -> Option<Vec<Device>> {
-    let Some(names) = changed else {
+fn probe(plugin: &dyn Plugin, last: &[Device], changed: Option<&[PathBuf]>) -> Option<Vec<Device>> {
+    let Some(entries) = changed else {
         return Some(plugin.probe());
     };
-    let mut concerned = std::collections::BTreeSet::new();
-    for name in names {
-        match plugin.devices_of_entry(name) {
-            None => return Some(plugin.probe()),
-            Some(indexes) => concerned.extend(indexes),
+    let mut concerned = HashSet::new();
+    for entry in entries {
+        match plugin.affected(entry) {
+            Affected::All => return Some(plugin.probe()),
+            Affected::Devices(ids) => concerned.extend(ids),
+            Affected::Nothing => {}
         }
     }
     if concerned.is_empty() {
         return None;
     }
     let mut now = last.to_vec();
-    for i in concerned {
-        if let Some(slot) = now.get_mut(i) {
-            *slot = plugin.probe_one(i);
+    for id in &concerned {
+        if let (Some(slot), Some(d)) = (
+            now.iter_mut().find(|d| &d.id == id),
+            plugin.probe_device(id),
+        ) {
+            *slot = d;
         }
     }
     Some(now)
 }
 
-/// Which dir of the [`DirWatch`] given to [`run`] is which.
+/// Which root of the [`DirWatch`] given to [`run`] is which.
 pub const DEV_DIR: usize = 0;
 /// See [`DEV_DIR`].
 pub const SOCKET_DIR: usize = 1;
 
-/// Runs the health loop until the watch's stopper is dropped. `watch`
-/// watches the dev dir and the dir of our sockets, in that order.
-pub fn run(
-    plugins: Vec<Watched>,
-    mut watch: DirWatch,
-    interval: Duration,
-    events: Sender<Event>,
-) -> Result<(), String> {
+/// What the health thread needs besides its plugins.
+#[derive(Debug)]
+pub struct Setup {
+    /// Watches the dev dir and the dir of our sockets, in that order.
+    pub watch: DirWatch,
+    /// The safety-net period.
+    pub interval: Duration,
+    /// Where the CDI specs are: a plugin whose device set changed gets its
+    /// spec written before the list that announces the change.
+    pub cdi_dir: PathBuf,
+    /// The supervisor's inbox.
+    pub events: Sender<Event>,
+}
+
+/// Runs the health loop until the watch's stopper is dropped. A kick of
+/// the watch ([`crate::dirwatch::Kicker`], at SIGHUP) drops the devices
+/// whose node is gone and probes everything.
+pub fn run(plugins: Vec<Watched>, setup: Setup) -> Result<(), String> {
+    let Setup {
+        mut watch,
+        interval,
+        cdi_dir,
+        events,
+    } = setup;
+    // The specs written at start are for these versions.
+    let mut versions: Vec<u64> = plugins.iter().map(|(p, _)| p.nodes_version()).collect();
+    let subdirs: Vec<PathBuf> = plugins
+        .iter()
+        .flat_map(|(p, _)| p.watch_dirs())
+        .filter(|d| !d.as_os_str().is_empty())
+        .collect();
+    let watch_subdirs = |watch: &mut DirWatch| {
+        for d in &subdirs {
+            watch.watch_sub(DEV_DIR, d);
+        }
+    };
+    watch_subdirs(&mut watch);
     loop {
         // The entries that changed; `None`: check everything.
-        let changed: Option<Vec<String>> =
+        let changed: Option<Vec<PathBuf>> =
             match watch.wait(Some(interval)).map_err(|e| chain(&e))? {
                 Wake::Stopped => return Ok(()),
                 Wake::Timeout => {
                     log::trace!("health poll");
+                    None
+                }
+                Wake::Kicked => {
+                    plugins.iter().for_each(|(p, _)| p.forget_missing());
                     None
                 }
                 Wake::Changed(mut dirs) => {
@@ -93,46 +131,61 @@ pub fn run(
                         Changes::Any => None,
                         Changes::Named(names) => {
                             log::debug!("dev dir changed entries={names:?}");
-                            // A name that is not UTF-8 is no device node of ours.
-                            Some(
-                                names
-                                    .iter()
-                                    .filter_map(|n| n.to_str())
-                                    .map(String::from)
-                                    .collect(),
-                            )
+                            Some(names)
                         }
                     }
                 }
             };
-        for (plugin, snapshot) in &plugins {
+        // A dir a pattern reaches into may have just appeared.
+        watch_subdirs(&mut watch);
+        for (i, (plugin, snapshot)) in plugins.iter().enumerate() {
             let last = snapshot.get();
             let Some(now) = probe(plugin.as_ref(), &last, changed.as_deref()) else {
                 continue;
             };
-            let diff = device::changed(&last, &now);
-            if diff.is_empty() {
-                continue;
-            }
-            for d in diff {
-                if d.reason.is_empty() {
-                    log::info!(
-                        "health resource={} device={} {}",
-                        plugin.resource(),
-                        d.id,
-                        d.health
-                    );
-                } else {
-                    log::info!(
-                        "health resource={} device={} {} reason=\"{}\"",
-                        plugin.resource(),
-                        d.id,
-                        d.health,
-                        d.reason
-                    );
+            let version = plugin.nodes_version();
+            if version != versions[i] {
+                // INVARIANT: the spec first, then the list: the kubelet may
+                // allocate a device the moment it sees it, and the runtime
+                // must then find its CDI name.
+                match cdi::write(&cdi_dir, plugin.as_ref()) {
+                    Ok(path) => {
+                        log::info!(
+                            "CDI spec written resource={} path={}",
+                            plugin.resource(),
+                            path.display()
+                        );
+                        versions[i] = version;
+                    }
+                    Err(e) => {
+                        log::error!(
+                            "device list held back: its CDI spec cannot be written resource={}: {}",
+                            plugin.resource(),
+                            chain(&e)
+                        );
+                        continue;
+                    }
                 }
             }
+            let diff = device::changed(&last, &now);
+            if diff.is_empty() && now.len() == last.len() {
+                continue;
+            }
+            log_changes(plugin.resource(), &diff);
             snapshot.publish(now);
+        }
+    }
+}
+
+fn log_changes(resource: &str, diff: &[&Device]) {
+    for d in diff {
+        match d.health.reason() {
+            None => log::info!("health resource={resource} device={} Healthy", d.id),
+            Some(why) => log::info!(
+                "health resource={resource} device={} Unhealthy reason={} why=\"{why}\"",
+                d.id,
+                why.code()
+            ),
         }
     }
 }
@@ -140,7 +193,10 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{device::Health, plugin::crand::Crand};
+    use crate::{
+        device::{Health, Reason},
+        plugin::crand::Crand,
+    };
 
     #[test]
     fn test_probe_only_what_the_changed_entries_concern() {
@@ -157,7 +213,11 @@ mod tests {
         let health: Vec<_> = now.iter().map(|d| d.health).collect();
         assert_eq!(
             health,
-            [Health::Healthy, Health::Unhealthy, Health::Healthy]
+            [
+                Health::Healthy,
+                Health::Unhealthy(Reason::Missing),
+                Health::Healthy
+            ]
         );
         // Entries that are no node of ours concern nothing.
         let others = ["kvm".into(), "crand3".into(), "crand01".into()];
@@ -165,6 +225,6 @@ mod tests {
         // Unknown changes (overflow) and the timer probe everything.
         let all = probe(&crand, &last, None).unwrap();
         assert_eq!(all, crand.probe());
-        assert_eq!(all[2].health, Health::Unhealthy);
+        assert_eq!(all[2].health, Health::Unhealthy(Reason::Missing));
     }
 }

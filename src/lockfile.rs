@@ -98,6 +98,28 @@ impl Drop for LockFile {
     }
 }
 
+const RESOURCE_LOCK: (&str, &str) = (".kubelet-plugin-", ".lock");
+
+/// The resources whose locks are in `dir` (instances that run, or were
+/// killed): a resource's lock names it with its `/` as `_`, and a domain
+/// has no `_`, so the first `_` is the `/`.
+pub fn locked_resources(dir: &Path) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let inner = name
+                .strip_prefix(RESOURCE_LOCK.0)?
+                .strip_suffix(RESOURCE_LOCK.1)?;
+            Some(inner.replacen('_', "/", 1))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 /// The lock of one resource: `<dir>/.kubelet-plugin-<resource>.lock` in
 /// the device plugin dir, the dir every instance serving that kubelet
 /// shares whatever else it is given. Taken before anything is made, so a
@@ -197,7 +219,11 @@ mod tests {
             "{err}"
         );
         // Another resource in the same dir is another lock.
-        let other = lock_resource(dir.path(), "example.com/bar").unwrap();
+        let other = lock_resource(dir.path(), "example.com/bar_baz").unwrap();
+        assert_eq!(
+            locked_resources(dir.path()),
+            ["example.com/bar_baz", "example.com/foo"]
+        );
         drop(first);
         assert!(
             !dir.path()

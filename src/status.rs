@@ -9,9 +9,9 @@ use grpcio::{CallOption, ChannelBuilder, EnvBuilder, Environment};
 
 use crate::{
     api::{api, api_grpc},
-    cli::PLUGINS,
     error::{Error, Result},
     kubelet::KUBELET_SOCKET,
+    lockfile,
 };
 
 /// How long one plugin may take to answer.
@@ -36,8 +36,10 @@ pub fn devices(
 }
 
 /// Prints the devices of every plugin socket in `dir`, each under its
-/// resource name when it is one of ours (`<plugin>.sock` serves
-/// `<domain>/<plugin>`); fails when there is none or one does not answer.
+/// resource name when it is one of ours (a resource lock in `dir` names
+/// it, and `<name>.sock` serves `<domain>/<name>`; `domain` is the guess
+/// for a socket without a lock); fails when there is none or one does not
+/// answer.
 pub fn run(dir: &Path, domain: &str) -> Result<()> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io("read", dir, e))?;
     let mut socks: Vec<_> = entries
@@ -53,15 +55,27 @@ pub fn run(dir: &Path, domain: &str) -> Result<()> {
             dir.display()
         )));
     }
+    let ours = lockfile::locked_resources(dir);
     let env = Arc::new(EnvBuilder::new().cq_count(1).build());
     let mut silent = Vec::new();
     for sock in &socks {
         let file = sock.file_name().unwrap_or_default().to_string_lossy();
         // The API does not tell a plugin's resource; ours follow our naming.
-        let name = match file.strip_suffix(".sock") {
-            Some(plugin) if PLUGINS.contains(&plugin) => format!("{domain}/{plugin} ({file})"),
-            _ => file.to_string(),
-        };
+        let name = file
+            .strip_suffix(".sock")
+            .and_then(|n| {
+                ours.iter()
+                    .find(|r| r.rsplit_once('/').is_some_and(|(_, part)| part == n))
+                    .cloned()
+                    .or_else(|| {
+                        crate::plugin::KINDS
+                            .iter()
+                            .any(|k| k.name == n)
+                            .then(|| format!("{domain}/{n}"))
+                    })
+            })
+            .map(|r| format!("{r} ({file})"))
+            .unwrap_or_else(|| file.to_string());
         match devices(env.clone(), sock) {
             Ok(devices) => {
                 let healthy = devices.iter().filter(|(_, h)| h == "Healthy").count();

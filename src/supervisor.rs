@@ -32,7 +32,7 @@ use grpcio::{EnvBuilder, Environment, Server};
 use crate::{
     cdi,
     device::Device,
-    dirwatch::DirWatch,
+    dirwatch::{DirWatch, Kicker},
     error::{Error, Result, chain},
     event::{Event, SignalAction},
     health,
@@ -263,6 +263,8 @@ impl Supervisor {
                 )));
             }
             plugin.prepare()?;
+            // The probe finds a dev plugin's devices, which its spec lists.
+            let devices = plugin.probe();
             // Before any Register: the kubelet may hand our CDI names to the
             // runtime at once, and they must resolve.
             let spec = cdi::write(&cfg.cdi_dir, plugin.as_ref())?;
@@ -273,7 +275,7 @@ impl Supervisor {
             );
             slots.push(Slot {
                 socket,
-                snapshot: Watch::new(plugin.probe()),
+                snapshot: Watch::new(devices),
                 plugin: plugin.clone(),
                 state: State::Idle,
                 generation: 0,
@@ -311,11 +313,12 @@ impl Supervisor {
         let (signals, signals_join) = signals::spawn(self.events.clone())?;
         // In health's order: health::DEV_DIR, health::SOCKET_DIR.
         let (watch, watch_stop) = DirWatch::new(&[&self.cfg.dev_dir, self.socket_dir()])?;
+        let health = watch.kicker();
         let mut joins = vec![signals_join];
         joins.push(self.spawn_health(watch)?);
         let threads = joins.len();
 
-        let result = self.event_loop();
+        let result = self.event_loop(&health);
 
         for slot in &mut self.slots {
             slot.teardown("shutting down");
@@ -332,14 +335,20 @@ impl Supervisor {
             .iter()
             .map(|s| (s.plugin.clone(), s.snapshot.clone()))
             .collect();
-        let interval = self.cfg.poll_interval;
-        let events = self.events.clone();
+        let setup = health::Setup {
+            watch,
+            interval: self.cfg.poll_interval,
+            cdi_dir: self.cfg.cdi_dir.clone(),
+            events: self.events.clone(),
+        };
         spawn_named("health", self.events.clone(), move || {
-            health::run(plugins, watch, interval, events)
+            health::run(plugins, setup)
         })
     }
 
-    fn event_loop(&mut self) -> Result<()> {
+    /// `health` wakes the health thread, which at SIGHUP drops the devices
+    /// whose node is gone and probes everything.
+    fn event_loop(&mut self, health: &Kicker) -> Result<()> {
         self.reconcile_all(false);
         loop {
             let deadline = self.slots.iter().filter_map(|s| s.state.deadline()).min();
@@ -357,7 +366,10 @@ impl Supervisor {
                     log::info!("shutting down");
                     return Ok(());
                 }
-                Some(Event::Signal(SignalAction::Reregister)) => self.reconcile_all(true),
+                Some(Event::Signal(SignalAction::Reregister)) => {
+                    health.kick();
+                    self.reconcile_all(true);
+                }
                 Some(Event::SocketDir) => self.reconcile_all(false),
                 Some(Event::Served {
                     plugin,

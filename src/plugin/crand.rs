@@ -1,17 +1,33 @@
 //! The crand plugin: `crand0`..`crand{N-1}`, character nodes in the dev dir
 //! that clone the host's `/dev/random` (same major:minor).
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
-use super::{DeviceNode, Plugin, parse_index};
+use super::{Affected, DeviceNode, Flags, Kind, Plugin, count, parse_index};
 use crate::{
     device::Device,
-    devnode::{self, NodeId},
+    devnode::{self, NodeId, NodeKind},
     error::Result,
 };
 
 /// The host node every crand device clones.
 pub const HOST_RANDOM: &str = "/dev/random";
+
+/// The crand kind: one plugin of `--crand-count` devices.
+pub const KIND: Kind = Kind {
+    name: "crand",
+    flags: &["--crand-count"],
+    by_plugin_flag: true,
+    build: |f: &Flags| {
+        let n = count("--crand-count", f.crand_count)?;
+        Ok(vec![
+            Arc::new(Crand::new(f.domain, f.dev_dir, n)?) as Arc<dyn Plugin>
+        ])
+    },
+};
 
 /// The crand plugin.
 #[derive(Debug)]
@@ -44,13 +60,23 @@ impl Crand {
             container_path: format!("/dev/{name}"),
             host_path: self.dev_dir.join(&name),
             cdi_name: name,
+            kind: NodeKind::Char,
             id: self.id,
         }
+    }
+
+    fn probe_index(&self, index: usize) -> Device {
+        let node = self.node_of(index);
+        Device::checked(node.cdi_name, devnode::check_char(&node.host_path, self.id))
     }
 }
 
 impl Plugin for Crand {
-    fn name(&self) -> &'static str {
+    fn kind(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn name(&self) -> &str {
         "crand"
     }
 
@@ -68,20 +94,22 @@ impl Plugin for Crand {
     }
 
     fn probe(&self) -> Vec<Device> {
-        (0..self.count).map(|i| self.probe_one(i)).collect()
+        (0..self.count).map(|i| self.probe_index(i)).collect()
     }
 
-    fn devices_of_entry(&self, name: &str) -> Option<Vec<usize>> {
+    fn affected(&self, entry: &Path) -> Affected {
         // Device i is node crandI and nothing else.
-        Some(parse_index(name, "crand", self.count).into_iter().collect())
+        match entry
+            .to_str()
+            .and_then(|e| parse_index(e, "crand", self.count))
+        {
+            Some(i) => Affected::Devices(vec![format!("crand{i}")]),
+            None => Affected::Nothing,
+        }
     }
 
-    fn probe_one(&self, index: usize) -> Device {
-        let node = self.node_of(index);
-        match devnode::check_char(&node.host_path, self.id) {
-            Ok(()) => Device::healthy(node.cdi_name),
-            Err(why) => Device::unhealthy(node.cdi_name, why),
-        }
+    fn probe_device(&self, id: &str) -> Option<Device> {
+        parse_index(id, "crand", self.count).map(|i| self.probe_index(i))
     }
 
     fn node(&self, id: &str) -> Option<DeviceNode> {

@@ -1,13 +1,26 @@
 //! The kvm plugin: `kvm0`..`kvm{N-1}`, slots that let N pods share the one
 //! `<dev-dir>/kvm` node.
 
-use std::{fs::OpenOptions, path::Path};
+use std::{fs::OpenOptions, path::Path, sync::Arc};
 
-use super::{DeviceNode, Plugin, parse_index};
+use super::{Affected, DeviceNode, Flags, Kind, Plugin, count, parse_index};
 use crate::{
-    device::Device,
-    devnode::{self, NodeId},
+    device::{Device, Reason},
+    devnode::{self, NodeId, NodeKind},
     error::Result,
+};
+
+/// The kvm kind: one plugin of `--kvm-count` slots.
+pub const KIND: Kind = Kind {
+    name: "kvm",
+    flags: &["--kvm-count"],
+    by_plugin_flag: true,
+    build: |f: &Flags| {
+        let n = count("--kvm-count", f.kvm_count)?;
+        Ok(vec![
+            Arc::new(Kvm::new(f.domain, f.dev_dir, n)) as Arc<dyn Plugin>
+        ])
+    },
 };
 
 /// The host's KVM node.
@@ -38,13 +51,14 @@ impl Kvm {
                 cdi_name: "kvm".into(),
                 container_path: HOST_KVM.into(),
                 host_path: dev_dir.join("kvm"),
+                kind: NodeKind::Char,
                 id,
             },
             count,
         }
     }
 
-    fn check(&self) -> std::result::Result<(), String> {
+    fn check(&self) -> std::result::Result<(), Reason> {
         devnode::check_char(&self.node.host_path, self.node.id)?;
         // A node with the right number can still be unusable (no module,
         // no permission): KVM is usable only if it opens read-write.
@@ -53,12 +67,18 @@ impl Kvm {
             .write(true)
             .open(&self.node.host_path)
             .map(drop)
-            .map_err(|e| format!("cannot open read-write: {e}"))
+            .map_err(|e| {
+                Reason::OpenFailed(nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+            })
     }
 }
 
 impl Plugin for Kvm {
-    fn name(&self) -> &'static str {
+    fn kind(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn name(&self) -> &str {
         "kvm"
     }
 
@@ -74,18 +94,18 @@ impl Plugin for Kvm {
     fn probe(&self) -> Vec<Device> {
         let state = self.check();
         (0..self.count)
-            .map(|i| match &state {
-                Ok(()) => Device::healthy(format!("kvm{i}")),
-                Err(why) => Device::unhealthy(format!("kvm{i}"), why.clone()),
-            })
+            .map(|i| Device::checked(format!("kvm{i}"), state))
             .collect()
     }
 
-    fn devices_of_entry(&self, name: &str) -> Option<Vec<usize>> {
+    fn affected(&self, entry: &Path) -> Affected {
         // Every slot shares the one node; other entries are not ours (and
         // probing opens /dev/kvm, which is worth sparing).
-        let ours = self.node.host_path.file_name().is_some_and(|n| n == name);
-        if ours { None } else { Some(Vec::new()) }
+        if self.node.host_path.file_name() == Some(entry.as_os_str()) {
+            Affected::All
+        } else {
+            Affected::Nothing
+        }
     }
 
     fn node(&self, id: &str) -> Option<DeviceNode> {

@@ -1,22 +1,27 @@
 //! Device logic: what each plugin's devices are, which host node backs each,
-//! how healthy they are, and what an allocation hands to a container.
+//! how healthy they are, and what an allocation hands to a container; and
+//! the registry of plugin kinds ([`KINDS`]) that `run`, `cdi`, `status`,
+//! the fuzz harnesses and the tests iterate.
 //!
-//! This layer knows nothing of gRPC, threads or the kubelet. A plugin is one
-//! file implementing [`Plugin`]; [`allocate`] is shared by all of them.
+//! This layer knows nothing of gRPC, threads or the kubelet. A new plugin
+//! is one file implementing [`Plugin`] with a [`Kind`], plus its line in
+//! [`KINDS`]; [`allocate`] is shared by all of them.
 
 pub mod crand;
+pub mod dev;
 pub mod kvm;
 
 use std::{
     collections::{HashMap, HashSet},
     fmt,
-    path::PathBuf,
+    path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use crate::{
-    device::{Device, Health},
-    devnode::NodeId,
-    error::Result,
+    device::{Device, NodeId, NodeKind},
+    error::{Error, Result},
+    sim::validate,
 };
 
 /// The most devices one plugin may announce. Each device costs about 25
@@ -33,40 +38,186 @@ pub struct DeviceNode {
     pub container_path: String,
     /// The node's path on the host: `<dev-dir>/crand1`.
     pub host_path: PathBuf,
-    /// The expected device number of the node.
+    /// Character or block device.
+    pub kind: NodeKind,
+    /// The device number of the node.
     pub id: NodeId,
+}
+
+/// Which devices a change of one dev-dir entry concerns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Affected {
+    /// None of the plugin's.
+    Nothing,
+    /// These device IDs.
+    Devices(Vec<String>),
+    /// Possibly any, or the device set itself: probe them all.
+    All,
 }
 
 /// One device plugin: a resource and its devices.
 pub trait Plugin: Send + Sync + fmt::Debug {
-    /// Short name, used for the socket, the CDI class and log lines: `crand`.
-    fn name(&self) -> &'static str;
+    /// The name of its [`Kind`]: `crand`, `kvm`, `dev`.
+    fn kind(&self) -> &'static str;
+    /// The resource's name part, used for the socket, the CDI class and
+    /// log lines: `crand`, or a `dev` resource's NAME.
+    fn name(&self) -> &str;
     /// The extended resource name: `<domain>/<name>`.
     fn resource(&self) -> &str;
     /// Makes what the devices need on the host (crand makes its nodes).
     fn prepare(&self) -> Result<()>;
-    /// Checks every device now, in a stable order.
+    /// Checks every device now, in a stable order. For a plugin whose
+    /// device set can change (`dev`) this also takes in new devices.
     fn probe(&self) -> Vec<Device>;
-    /// Which devices (indexes into [`Plugin::probe`]'s list) depend on the
-    /// dev-dir entry `name`, so that a change to it re-probes only those;
-    /// `None`: all of them. With 10,000 crand nodes a full probe is what
-    /// made a health change slow.
-    fn devices_of_entry(&self, _name: &str) -> Option<Vec<usize>> {
-        None
+    /// Which devices depend on the dev-dir entry `entry` (a path relative
+    /// to the dev dir), so that a change to it re-probes only those. With
+    /// 10,000 crand nodes a full probe is what made a health change slow.
+    fn affected(&self, _entry: &Path) -> Affected {
+        Affected::All
     }
-    /// Checks device `index` of [`Plugin::probe`]'s list alone.
-    fn probe_one(&self, index: usize) -> Device {
-        self.probe().swap_remove(index)
+    /// Checks device `id` alone; `None` for an ID the plugin lacks.
+    fn probe_device(&self, id: &str) -> Option<Device> {
+        self.probe().into_iter().find(|d| d.id == id)
     }
     /// The node behind a device ID, or `None` for an ID the plugin lacks.
     fn node(&self, id: &str) -> Option<DeviceNode>;
     /// Every distinct node the plugin's devices use (for the CDI spec).
     fn nodes(&self) -> Vec<DeviceNode>;
-
+    /// Changes whenever [`Plugin::nodes`] does, so that the CDI spec is
+    /// written again before the devices that need it are announced. A
+    /// plugin with a fixed set keeps 0.
+    fn nodes_version(&self) -> u64 {
+        0
+    }
+    /// Drops the devices whose node is gone (at SIGHUP; a device that
+    /// vanishes stays listed as Unhealthy until then, since a pod may hold
+    /// it). Nothing to do for a fixed set.
+    fn forget_missing(&self) {}
+    /// Subdirectories of the dev dir (relative) whose entries matter, to
+    /// be watched besides the dev dir itself, also once they appear.
+    fn watch_dirs(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
     /// The socket file name in the device plugin dir.
     fn socket_name(&self) -> String {
         format!("{}.sock", self.name())
     }
+}
+
+/// What the plugin kinds are built from: the flags of `run` and `cdi`.
+#[derive(Clone, Debug)]
+pub struct Flags<'a> {
+    /// `--plugin`: the kinds chosen by name (none: every one that can be).
+    pub plugins: &'a [String],
+    /// `--device NAME=PATTERN[:SHARE]`.
+    pub devices: &'a [String],
+    /// `--resource-domain`.
+    pub domain: &'a str,
+    /// `--dev-dir`.
+    pub dev_dir: &'a Path,
+    /// `--crand-count`.
+    pub crand_count: usize,
+    /// `--kvm-count`.
+    pub kvm_count: usize,
+}
+
+/// A kind of plugin: its name, the flags it reads and how it is built.
+#[derive(Debug)]
+pub struct Kind {
+    /// The name `--plugin` takes (for a kind it can choose).
+    pub name: &'static str,
+    /// The flags its plugins are built from.
+    pub flags: &'static [&'static str],
+    /// Chosen by `--plugin` (crand, kvm); otherwise its own flags say
+    /// whether it runs (dev: one plugin per `--device`).
+    pub by_plugin_flag: bool,
+    /// Builds its plugins from the flags, checking them.
+    pub build: fn(&Flags) -> Result<Plugins>,
+}
+
+/// Plugins as the rest of the program holds them.
+pub type Plugins = Vec<Arc<dyn Plugin>>;
+
+/// Every plugin kind of this binary.
+pub const KINDS: &[Kind] = &[crand::KIND, kvm::KIND, dev::KIND];
+
+/// `--plugin none`: none of the kinds `--plugin` chooses (only `--device`
+/// resources).
+pub const NO_PLUGIN: &str = "none";
+
+/// The kinds `--plugin` chooses, checked; none asked means all of them.
+pub fn chosen(asked: &[String]) -> Result<Vec<&'static str>> {
+    let names: Vec<&'static str> = KINDS
+        .iter()
+        .filter(|k| k.by_plugin_flag)
+        .map(|k| k.name)
+        .collect();
+    if asked.is_empty() {
+        return Ok(names);
+    }
+    let mut chosen = Vec::new();
+    for p in asked {
+        if p == NO_PLUGIN {
+            continue;
+        }
+        let name = names.iter().find(|n| **n == p).ok_or_else(|| {
+            Error::Invalid(format!(
+                "--plugin {p:?}: unknown plugin, use {} or {NO_PLUGIN}",
+                names.join(", ")
+            ))
+        })?;
+        if !chosen.contains(name) {
+            chosen.push(*name);
+        }
+    }
+    Ok(chosen)
+}
+
+/// Checks the flags and builds every plugin they ask for, in [`KINDS`]
+/// order. Each resource name must be one the kubelet takes, and unique.
+pub fn build(flags: &Flags) -> Result<Plugins> {
+    // The domain is also the CDI vendor, which the CDI parser wants to
+    // start with a letter: `0x.com` passes the kubelet's DNS rule, but
+    // runtimes would drop our spec and fail every container asking for
+    // its devices (found by fuzzing).
+    let chosen = chosen(flags.plugins)?;
+    let domain = flags.domain;
+    if !domain.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return Err(Error::Invalid(format!(
+            "--resource-domain {domain:?}: must start with a letter, as CDI vendor names do"
+        )));
+    }
+    validate::resource_name(&format!("{domain}/x"))
+        .map_err(|e| Error::Invalid(format!("--resource-domain {domain:?}: {e}")))?;
+    let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
+    for kind in KINDS {
+        if kind.by_plugin_flag && !chosen.contains(&kind.name) {
+            continue;
+        }
+        plugins.extend((kind.build)(flags)?);
+    }
+    let mut seen = HashSet::new();
+    for p in &plugins {
+        validate::resource_name(p.resource())
+            .map_err(|e| Error::Invalid(format!("--resource-domain {domain:?}: {e}")))?;
+        if !seen.insert(p.resource().to_string()) {
+            return Err(Error::Invalid(format!(
+                "resource {} asked for twice",
+                p.resource()
+            )));
+        }
+    }
+    Ok(plugins)
+}
+
+/// `n` as the value of a count flag: 1..=[`MAX_DEVICES`].
+pub fn count(flag: &str, n: usize) -> Result<usize> {
+    if n == 0 || n > MAX_DEVICES {
+        return Err(Error::Invalid(format!(
+            "{flag} {n}: must be between 1 and {MAX_DEVICES}"
+        )));
+    }
+    Ok(n)
 }
 
 /// What `Allocate` puts in a container response.
@@ -197,9 +348,9 @@ pub fn allocate(
             .node(id)
             .ok_or_else(|| AllocError::Unknown(id.clone()))?;
         if let Some(d) = device(id)
-            && d.health != Health::Healthy
+            && let Some(why) = d.health.reason()
         {
-            return Err(AllocError::Unhealthy(id.clone(), d.reason.clone()));
+            return Err(AllocError::Unhealthy(id.clone(), why.to_string()));
         }
         // A CDI name is unique in the plugin's kind: one per node.
         if !nodes_seen.insert(node.cdi_name.clone()) {

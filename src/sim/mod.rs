@@ -408,7 +408,7 @@ impl Sim {
                             }
                             Changes::Any => None,
                         },
-                        Ok(Wake::Timeout) => Some(pending),
+                        Ok(Wake::Timeout | Wake::Kicked) => Some(pending),
                         Ok(Wake::Stopped) | Err(_) => return,
                     };
                     let mut known = seen.lock().expect("sim lock");

@@ -1259,10 +1259,14 @@ fn plant_wrong_files(d: &Dirs, replace: bool) {
     }
 }
 
-const WRONG: [(&str, &str); 3] = [
-    ("crand0", "node is a symlink, not a character device"),
-    ("crand1", "node is a FIFO, not a character device"),
-    ("crand2", "node is a regular file, not a character device"),
+const WRONG: [(&str, &str, &str); 3] = [
+    ("crand0", "symlink", "node is a symlink, not a device"),
+    ("crand1", "not_a_device", "node is a FIFO, not a device"),
+    (
+        "crand2",
+        "not_a_device",
+        "node is a regular file, not a device",
+    ),
 ];
 
 /// Each wrong file is reported Unhealthy and refused with why; crand3 is
@@ -1274,10 +1278,10 @@ fn assert_wrong_files_refused(
     before: &[Identity],
 ) {
     let list = wait_list(sim, CRAND, |l| {
-        WRONG.iter().all(|(id, _)| health_of(l, id) == "Unhealthy")
+        WRONG.iter().all(|(id, ..)| health_of(l, id) == "Unhealthy")
     });
     assert_eq!(health_of(&list, "crand3"), "Healthy", "{list:?}");
-    for (id, why) in WRONG {
+    for (id, _, why) in WRONG {
         expect_refused(
             c,
             &request(&[&[id]]),
@@ -1336,8 +1340,11 @@ fn test_wrong_files_at_node_paths_after_start_are_never_touched() {
     let env = env();
     let c = client_on(&env, &d.plugin.join("crand.sock"));
     assert_wrong_files_refused(&d, &sim, &c, &before);
-    for (id, why) in WRONG {
-        wait_log(&p, &format!("device={id} Unhealthy reason=\"{why}\""));
+    for (id, code, why) in WRONG {
+        wait_log(
+            &p,
+            &format!("device={id} Unhealthy reason={code} why=\"{why}\""),
+        );
     }
     // A kubelet restart serves and registers anew; the files stay.
     sim.restart().unwrap();
@@ -1433,7 +1440,7 @@ fn test_soak_200_health_flips_each_seen_leave_nothing() {
         flip();
     }
     eprintln!("200 flips: {:?}", t.elapsed());
-    let unhealthy = "device=crand1 Unhealthy reason=\"node missing\"";
+    let unhealthy = "device=crand1 Unhealthy reason=missing why=\"node missing\"";
     wait_log_count(&p, unhealthy, 201, WAIT);
     assert_eq!(p.log().matches(unhealthy).count(), 201);
     assert_back_to(&p, base, "200 health flips");
