@@ -687,15 +687,25 @@ impl Drop for Node {
     }
 }
 
+/// The nodes in /dev this suite's plugins make or use: crand's, and the
+/// fake serial adapters of the dev phase.
 fn crand_nodes() -> BTreeSet<PathBuf> {
     std::fs::read_dir("/dev")
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("crand"))
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.starts_with("crand") || name.starts_with(SERIAL_PREFIX)
+        })
         .map(|e| e.path())
         .collect()
 }
+
+/// The fake USB serial adapters of the dev phase: `/dev/ttyKPT0`.. (char
+/// nodes with /dev/random's number, so a pod can read them).
+const SERIAL_PREFIX: &str = "ttyKPT";
+const SERIAL: &str = "github.com.ihcsim/serial";
 
 fn wait_until<T>(
     what: &str,
@@ -1112,6 +1122,49 @@ fn test_real_node() {
     phase("plugins-registry: health");
     check_health_flip(&node, "crand-both", &both_ids[1], 6);
     phase("plugins-registry: SIGTERM");
+    node.stop_plugin();
+
+    // 8. A dev resource: a pod gets the node it was given, and a node
+    // plugged in later reaches the kubelet.
+    phase("dev: a serial adapter, then another plugged in");
+    let rdev = stat("/dev/random").unwrap().st_rdev;
+    let serial = |n: usize| {
+        let path = Path::new("/dev").join(format!("{SERIAL_PREFIX}{n}"));
+        mknod(&path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), rdev).unwrap();
+    };
+    serial(0);
+    let pattern = format!("serial={SERIAL_PREFIX}*");
+    let before = node.count(&["State pushed for device plugin", SERIAL]);
+    node.start_plugin(&["--plugin", "none", "--device", &pattern]);
+    let line = node.wait_log(
+        "serial registered",
+        before,
+        &["State pushed for device plugin", SERIAL],
+    );
+    assert!(line.contains("resourceCapacity=1"), "{line}");
+    node.deploy("busybox-serial.yaml", "serial");
+    let (_, lines) = node.running_pod("serial", |l| l.iter().any(|l| l == "listed"));
+    let given: Vec<&String> = lines.iter().filter(|l| l.starts_with("device ")).collect();
+    assert_eq!(given.len(), 1, "{lines:?}");
+    assert!(
+        given[0].starts_with(&format!("device /dev/{SERIAL_PREFIX}0 character special")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&format!(
+            "CDI_DEVICE_{}0={SERIAL}={SERIAL_PREFIX}0",
+            SERIAL_PREFIX.to_uppercase()
+        )),
+        "{lines:?}"
+    );
+    let processed = ["Processed device updates for resource", SERIAL];
+    let seen = node.count(&processed);
+    serial(1);
+    let line = node.wait_log("the new serial node at the kubelet", seen, &processed);
+    assert!(
+        line.contains("totalCount=2") && line.contains("healthyCount=2"),
+        "{line}"
+    );
     node.stop_plugin();
     phase("done; cleaning up");
 }

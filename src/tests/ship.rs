@@ -350,7 +350,7 @@ fn test_every_yaml_parses_and_pods_request_what_the_plugin_registers() {
     // The pods' extended resources (the ones with a domain) and counts.
     let mut requested: BTreeMap<String, u64> = BTreeMap::new();
     let pods = of_kind(&docs, "Pod");
-    assert_eq!(pods.len(), 2);
+    assert_eq!(pods.len(), 3);
     for pod in pods {
         for c in pod["spec"]["containers"].as_sequence().unwrap() {
             for (name, n) in c["resources"]["limits"].as_mapping().unwrap() {
@@ -362,12 +362,20 @@ fn test_every_yaml_parses_and_pods_request_what_the_plugin_registers() {
         }
     }
 
-    // What the plugin really registers, with its default flags.
+    // What the plugin really registers: its default flags, and the serial
+    // resource busybox-serial.yaml names, on one USB serial node.
     let d = dirs();
     make_kvm_node(&d);
+    mknod(
+        &d.dev.join("ttyUSB0"),
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o660),
+        nix::sys::stat::makedev(188, 0),
+    )
+    .unwrap();
     let sim = Sim::start(&d.plugin).unwrap();
-    let _p = common::start(plugin_bin(), &d, &[]);
-    let listed = wait_listed(&sim, &[CRAND, KVM]);
+    let _p = common::start(plugin_bin(), &d, &["--device", "serial=ttyUSB*"]);
+    let listed = wait_listed(&sim, &[CRAND, KVM, "github.com.ihcsim/serial"]);
     assert_eq!(
         requested.keys().collect::<BTreeSet<_>>(),
         listed.keys().collect::<BTreeSet<_>>()
