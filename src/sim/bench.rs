@@ -647,6 +647,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
     );
     run.stop()?;
 
+    hot_plug(opts, &mut r)?;
     scale(opts, &mut r)?;
 
     for (name, path) in [
@@ -722,6 +723,46 @@ fn throughput(
 
 /// crand at 10, 100, 1000 and 10,000 devices: start, first list and its
 /// size, a health scan, RSS.
+/// A `dev` resource: a node made that matches its pattern -> the list with
+/// the new device received (the CDI spec is written first, inside that
+/// time), `--flips` times, each a new node.
+fn hot_plug(opts: &Options, r: &mut Report) -> Result<(), String> {
+    const HOT: &str = "github.com.ihcsim/hotplug";
+    let run = Run::start(
+        &opts.plugin_bin,
+        &["--plugin", "none", "--device", "hotplug=hp*"],
+        false,
+    )?;
+    run.list_at(HOT, |_| true)?;
+    let mut samples = Vec::new();
+    let mut missed = 0;
+    for i in 0..opts.flips {
+        if i % 20 == 0 {
+            progress(&format!("hot-plug {i}/{}", opts.flips));
+        }
+        let id = format!("hp{i}");
+        let t0 = Instant::now();
+        mknod_like(Path::new("/dev/random"), &run.tmp.dev.join(&id))?;
+        match run.list_at(HOT, |d| health_of(d, &id) == Some("Healthy")) {
+            Ok(at) => samples.push(at - t0),
+            Err(_) => missed += 1,
+        }
+    }
+    let d = Dist::of(&samples);
+    r.num("hot_plug_missed", missed as f64);
+    r.dist("hot_plug", &d);
+    r.figure(
+        &format!(
+            "hot-plug: node made -> list with it ({}, the list growing to {})",
+            d.n, opts.flips
+        ),
+        d.ms(),
+        "p99 ≤ 20 ms",
+        Some(d.p99 <= 20.0 && missed == 0),
+    );
+    run.stop()
+}
+
 fn scale(opts: &Options, r: &mut Report) -> Result<(), String> {
     let mut rows = Vec::new();
     for n in [10usize, 100, 1000, 10_000] {
