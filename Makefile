@@ -113,14 +113,18 @@ demo: build
 
 # Every test, then formatting and lints, on `make build`'s build: the tests
 # run the very binaries that ship.
+# The fuzz smoke test needs the harnesses, which only the `fuzzing`
+# feature compiles in: a short run on that build first, then everything on
+# the shipped build, which is what target/ then holds.
 test: test-deps build
+	$(CARGO) test $(BUILD_FLAGS) --features fuzzing --test fuzz
 	$(CARGO) test $(BUILD_FLAGS)
 	$(CARGO) fmt --check
-	$(CARGO) clippy $(BUILD_FLAGS) --all-targets -- -D warnings
+	$(CARGO) clippy $(BUILD_FLAGS) --all-targets --all-features -- -D warnings
 
 lint: deps
 	$(CARGO) fmt --check
-	$(CARGO) clippy $(BUILD_FLAGS) --all-targets -- -D warnings
+	$(CARGO) clippy $(BUILD_FLAGS) --all-targets --all-features -- -D warnings
 
 fmt:
 	$(CARGO) fmt

@@ -36,6 +36,7 @@ pub mod devnode;
 pub mod dirwatch;
 pub mod error;
 pub mod event;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod health;
 pub mod json;
