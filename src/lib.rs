@@ -5,27 +5,34 @@
 //! # Threads
 //!
 //! ```text
-//! main        parses flags, starts logging, runs the supervisor thread, exits with its result
+//! main        parses flags, makes missing dirs, starts logging, runs the supervisor
+//!             thread, exits with its result
 //! signals     SIGTERM/SIGINT -> Event::Signal(Shutdown), SIGHUP -> Event::Signal(Reregister)
-//! health      inotify on the dev dir + a slow timer; probes the device nodes that
-//!             changed (all on the timer); on a change -> Event::Health { plugin,
-//!             full device list }; on the same inotify, the device plugin dir
-//!             -> Event::PluginDir
-//! supervisor  owns every plugin's life: serve -> check own socket answers -> Register;
-//!             re-serves and re-registers on kubelet restarts, lost streams, SIGHUP;
-//!             publishes health updates into each plugin's snapshot (a Watch)
-//! grpc*       grpcio's threads: the DevicePlugin handlers, the ListAndWatch streams
-//!             (futures fed by the snapshot), the Register answers (-> Event::Registered)
+//! health      inotify on the dev dir (and the subdirs dev patterns reach) + a slow
+//!             timer; probes the devices that changed (all on the timer); writes a
+//!             plugin's CDI spec when its device set changed, then publishes its full
+//!             device list into its snapshot; on the same inotify, the dir of our
+//!             sockets -> Event::SocketDir; a kick (SIGHUP) drops gone devices
+//! supervisor  owns every plugin's life as an explicit State: serve -> own socket
+//!             answers (Event::Served) -> Register (Event::Registered) or the
+//!             kubelet's plugin watcher; serves anew on kubelet restarts, lost
+//!             streams, SIGHUP; ends every stream of a server before dropping it
+//! grpc*       grpcio's threads: the DevicePlugin and Registration handlers, the
+//!             ListAndWatch streams (futures that follow the snapshot; each reports
+//!             Event::Stream), the answers of our own calls
 //! ```
 //!
 //! Every thread but grpcio's starts through [`thread::spawn_named`] and talks
 //! to the supervisor only through [`event::Event`] on one crossbeam channel.
-//! The one shared state is each plugin's device snapshot ([`watch::Watch`]).
+//! The one shared state is each plugin's device snapshot ([`watch::Watch`]):
+//! one per plugin for the whole run, written by the health thread only, read
+//! by every ListAndWatch stream and by Allocate.
 //!
-//! Which part knows which: device logic ([`plugin`]) knows nothing of gRPC;
-//! [`health`] knows device logic and channels; [`server`] knows the API and
-//! the snapshot; [`supervisor`] knows sockets, registration and servers, and
-//! only [`kubelet`] talks to `kubelet.sock`. [`sim`] uses only the API.
+//! Which part knows which: device logic ([`plugin`]: the kinds crand, kvm
+//! and dev, and their registry) knows nothing of gRPC; [`health`] knows
+//! device logic, CDI and channels; [`server`] knows the API and the
+//! snapshot; [`supervisor`] knows sockets, registration and servers, and
+//! only [`kubelet`] calls `kubelet.sock`. [`sim`] uses only the API.
 #![deny(missing_docs)]
 
 pub mod api;
