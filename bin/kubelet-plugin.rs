@@ -11,9 +11,9 @@ use kubelet_plugin::{
 };
 use simplelog::{ConfigBuilder, LevelFilter, ThreadLogMode, WriteLogger};
 
-fn fail(msg: &str) -> ExitCode {
+fn fail(msg: &str, code: u8) -> ExitCode {
     eprintln!("kubelet-plugin: error: {msg}");
-    ExitCode::from(2)
+    ExitCode::from(code)
 }
 
 fn main() -> ExitCode {
@@ -29,12 +29,15 @@ fn main() -> ExitCode {
             kubelet_plugin::status::run(&args.device_plugin_dir, &args.resource_domain)
         }
         None => {
-            return fail("no command given: try `kubelet-plugin run` or `kubelet-plugin --help`");
+            return fail(
+                "no command given: try `kubelet-plugin run` or `kubelet-plugin --help`",
+                2,
+            );
         }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&chain(&e)),
+        Err(e) => fail(&chain(&e), e.exit_code()),
     }
 }
 
@@ -70,9 +73,9 @@ fn run(args: RunArgs) -> Result<()> {
             };
             supervisor.run()
         })
-        .map_err(|e| Error::Invalid(format!("cannot start the supervisor thread: {e}")))?
+        .map_err(|e| Error::Thread(format!("cannot start the supervisor thread: {e}")))?
         .join()
-        .unwrap_or_else(|_| Err(Error::Invalid("supervisor panicked".into())));
+        .unwrap_or_else(|_| Err(Error::Thread("supervisor panicked".into())));
     match &result {
         Ok(()) => log::info!("stopped"),
         Err(e) => log::error!("{}", chain(e)),

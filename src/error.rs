@@ -24,6 +24,12 @@ pub enum Error {
     },
     /// The configuration or the environment is not usable; the message says why.
     Invalid(String),
+    /// Another process holds what this one needs: a resource's lock, the
+    /// pid file, a socket it serves.
+    Busy(String),
+    /// A thread of ours failed or did not stop: the process cannot go on,
+    /// or did not stop cleanly.
+    Thread(String),
 }
 
 /// Result with the crate's [`Error`].
@@ -45,7 +51,7 @@ impl fmt::Display for Error {
         match self {
             Error::Io { op, path, .. } => write!(f, "{op} {}", path.display()),
             Error::Grpc { op, .. } => write!(f, "{op}"),
-            Error::Invalid(msg) => f.write_str(msg),
+            Error::Invalid(msg) | Error::Busy(msg) | Error::Thread(msg) => f.write_str(msg),
         }
     }
 }
@@ -55,7 +61,22 @@ impl std::error::Error for Error {
         match self {
             Error::Io { source, .. } => Some(source),
             Error::Grpc { source, .. } => Some(source),
-            Error::Invalid(_) => None,
+            Error::Invalid(_) | Error::Busy(_) | Error::Thread(_) => None,
+        }
+    }
+}
+
+impl Error {
+    /// The exit code `kubelet-plugin` ends with for this error (1 is argh's,
+    /// for a flag it cannot parse): 2 a configuration or environment that is
+    /// not usable (a bad flag value, a dir, a socket that cannot be bound);
+    /// 3 another instance holds the resource, the pid file or the socket; 4
+    /// a thread of ours failed or did not stop at shutdown.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Io { .. } | Error::Grpc { .. } | Error::Invalid(_) => 2,
+            Error::Busy(_) => 3,
+            Error::Thread(_) => 4,
         }
     }
 }

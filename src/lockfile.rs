@@ -132,7 +132,7 @@ pub fn lock_resource(dir: &Path, resource: &str) -> Result<LockFile> {
     ));
     match LockFile::lock(&path) {
         Ok(mut lock) => lock.write_pid().map(|()| lock),
-        Err(LockError::Held(pid)) => Err(Error::Invalid(format!(
+        Err(LockError::Held(pid)) => Err(Error::Busy(format!(
             "another kubelet-plugin{} serves {resource} (lock {}): refusing to start a second one",
             shown_pid(&pid),
             path.display()
@@ -152,7 +152,7 @@ impl PidFile {
     pub fn lock(path: &Path) -> Result<Self> {
         match LockFile::lock(path) {
             Ok(lock) => Ok(PidFile(lock)),
-            Err(LockError::Held(pid)) => Err(Error::Invalid(format!(
+            Err(LockError::Held(pid)) => Err(Error::Busy(format!(
                 "pid file {} is locked by a running kubelet-plugin{}: refusing to start a second one",
                 path.display(),
                 shown_pid(&pid)

@@ -450,7 +450,7 @@ pub fn serve(
 ) -> Result<Server> {
     if std::fs::symlink_metadata(path).is_ok() {
         if socket_answers(path) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Busy(format!(
                 "another process is serving on {}: refusing to take its socket",
                 path.display()
             )));

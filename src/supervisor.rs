@@ -257,7 +257,7 @@ impl Supervisor {
             let socket = socket_path(&cfg.registration, &cfg.plugin_dir, plugin.as_ref());
             // Binding would silently take the socket from a live server.
             if server::socket_answers(&socket) {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Busy(format!(
                     "another process is serving on {}: refusing to take its socket",
                     socket.display()
                 )));
@@ -388,7 +388,7 @@ impl Supervisor {
                 }) => self.stream(plugin, generation, change),
                 Some(Event::ThreadExited { name, result }) => {
                     let why = result.err().unwrap_or_else(|| "stopped".into());
-                    return Err(Error::Invalid(format!("thread {name} ended: {why}")));
+                    return Err(Error::Thread(format!("thread {name} ended: {why}")));
                 }
             }
             self.run_timers();
@@ -722,7 +722,7 @@ impl Supervisor {
         if stuck.is_empty() {
             Ok(())
         } else {
-            Err(Error::Invalid(format!(
+            Err(Error::Thread(format!(
                 "threads did not stop within {JOIN_TIMEOUT:?}: {}",
                 stuck.join(", ")
             )))

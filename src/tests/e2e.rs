@@ -414,7 +414,7 @@ fn test_second_instance_is_refused_before_any_kubelet_and_after() {
     // No kubelet, so no socket shows that the first one runs: the lock does.
     let out = common::output(plugin_cmd(&d, &["--plugin", "crand"]), WAIT);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(out.status.code(), Some(3), "busy: {err}");
     assert!(
         err.contains(&format!(
             "another kubelet-plugin (pid {}) serves github.com.ihcsim/crand",
@@ -436,7 +436,7 @@ fn test_second_instance_is_refused_before_any_kubelet_and_after() {
     let sim = Sim::start(&d.plugin).unwrap();
     sim.wait_ready(CRAND, WAIT).unwrap();
     let out = common::output(plugin_cmd(&d, &["--plugin", "crand"]), WAIT);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(3));
     sim.allocate(CRAND, &["crand0".into()]).unwrap();
 
     // A clean exit takes the lock file along; kill -9 leaves it unlocked,
@@ -462,7 +462,7 @@ fn test_a_live_socket_of_another_program_is_not_taken() {
     // Not a kubelet-plugin (no lock), but something serves on our path.
     let other = std::os::unix::net::UnixListener::bind(d.plugin.join("crand.sock")).unwrap();
     let out = common::output(plugin_cmd(&d, &["--plugin", "crand"]), WAIT);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("another process is serving"));
     assert!(d.plugin.join("crand.sock").exists());
     drop(other);
