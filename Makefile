@@ -48,9 +48,23 @@ endef
 deps:
 	$(call install,cmake g++ make)
 
-# What the tests need besides: a real container runtime for the CDI tests.
-test-deps: deps
-	$(call install,podman runc busybox-static util-linux file systemd xz-utils)
+# What the tests need besides: a real container runtime for the CDI tests,
+# shellcheck for the scripts, and Prometheus's own text format checker,
+# promtool, taken out of Debian's prometheus package (not installed: that
+# would bring a Prometheus server along).
+PROMTOOL := $(abspath $(TARGET_DIR)/tools/promtool)
+export PROMTOOL
+test-deps: deps $(PROMTOOL)
+	$(call install,podman runc busybox-static util-linux file systemd xz-utils shellcheck)
+
+$(PROMTOOL):
+	$(call install,dpkg)
+	@rm -rf $(TARGET_DIR)/tools/deb && mkdir -p $(TARGET_DIR)/tools/deb
+	cd $(TARGET_DIR)/tools/deb && { apt-get download prometheus >/dev/null 2>&1 \
+	  || { apt-get update -qq && apt-get download prometheus; }; }
+	dpkg-deb -x $(TARGET_DIR)/tools/deb/prometheus_*.deb $(TARGET_DIR)/tools/deb/root
+	cp $(TARGET_DIR)/tools/deb/root/usr/bin/promtool $@
+	rm -rf $(TARGET_DIR)/tools/deb
 
 build: deps
 	$(CARGO) build $(BUILD_FLAGS)

@@ -26,7 +26,10 @@ fn main() -> ExitCode {
         Some(Command::Run(args)) => run(args),
         Some(Command::Cdi(args)) => args.run(),
         Some(Command::Status(args)) => {
-            kubelet_plugin::status::run(&args.device_plugin_dir, &args.resource_domain)
+            return match args.options().and_then(|o| kubelet_plugin::status::run(&o)) {
+                Ok(outcome) => ExitCode::from(outcome.exit_code()),
+                Err(e) => fail(&chain(&e), 2),
+            };
         }
         None => {
             return fail(

@@ -2,7 +2,10 @@
 //! `proto/build.rs`: [`api`] and [`api_grpc`], the device plugin API
 //! v1beta1 (`proto/api.proto`); [`pluginregistration`] and
 //! [`pluginregistration_grpc`], the plugin watcher's registration API v1
-//! (`proto/pluginregistration.proto`).
+//! (`proto/pluginregistration.proto`); [`podresources`] and
+//! [`podresources_grpc`], the kubelet's pod-resources API v1 (the part
+//! `status --pods` uses); [`status`] and [`status_grpc`], our own status
+//! API (`proto/status.proto`).
 #![allow(
     missing_docs,
     renamed_and_removed_lints,

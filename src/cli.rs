@@ -85,15 +85,56 @@ pub enum Command {
 
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "status")]
-/// Show each running plugin's devices and their health, as the kubelet sees them;
-/// fails when no plugin answers.
+/// Show each running plugin's devices, their health and why a device is
+/// unhealthy. Exit 0: all answer, all healthy; 2: none found, or one does
+/// not answer; 3: all answer, some device is unhealthy.
 pub struct StatusArgs {
-    /// where the plugin sockets are
+    /// where the plugins' locks (and kubelet-sock sockets) are
     #[argh(option, default = "PathBuf::from(\"/var/lib/kubelet/device-plugins\")")]
     pub device_plugin_dir: PathBuf,
-    /// domain of the resource names, as given to `run` (default github.com.ihcsim)
-    #[argh(option, default = "String::from(\"github.com.ihcsim\")")]
+    /// where plugins-registry sockets are
+    #[argh(
+        option,
+        default = "PathBuf::from(\"/var/lib/kubelet/plugins_registry\")"
+    )]
+    pub plugins_registry_dir: PathBuf,
+    /// also show which pod holds each device (the kubelet's pod-resources API)
+    #[argh(switch)]
+    pub pods: bool,
+    /// the kubelet's pod-resources socket, for --pods
+    #[argh(option, default = "PathBuf::from(crate::status::POD_RESOURCES_SOCKET)")]
+    pub pod_resources_socket: PathBuf,
+    /// text or json (default text)
+    #[argh(option, default = "String::from(\"text\")")]
+    pub output: String,
+    /// for a liveness probe: exit 0 when every plugin answers, whatever the
+    /// health of its devices
+    #[argh(switch)]
+    pub liveness: bool,
+    /// ignored: kept so that older command lines still work (the plugins
+    /// name their resources themselves)
+    #[argh(option, default = "String::new()")]
     pub resource_domain: String,
+}
+
+impl StatusArgs {
+    /// Checks the flags; what `status::run` is asked.
+    pub fn options(&self) -> Result<crate::status::Options> {
+        let json = match self.output.as_str() {
+            "text" => false,
+            "json" => true,
+            o => {
+                return Err(Error::Invalid(format!("--output {o:?}: use text or json")));
+            }
+        };
+        Ok(crate::status::Options {
+            device_plugin_dir: self.device_plugin_dir.clone(),
+            plugins_registry_dir: self.plugins_registry_dir.clone(),
+            pods: self.pods.then(|| self.pod_resources_socket.clone()),
+            json,
+            liveness: self.liveness,
+        })
+    }
 }
 
 #[derive(FromArgs, Debug)]
@@ -212,6 +253,14 @@ pub struct RunArgs {
         default = "PathBuf::from(\"/var/lib/kubelet/plugins_registry\")"
     )]
     pub plugins_registry_dir: PathBuf,
+    /// write the metrics to this file (Prometheus text, for node_exporter's
+    /// textfile collector), rewritten on every change
+    #[argh(option)]
+    pub metrics_file: Option<PathBuf>,
+    /// serve the metrics on this address (e.g. 127.0.0.1:9477): GET
+    /// /metrics, GET /healthz
+    #[argh(option)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The value of `--registration`.
@@ -345,6 +394,10 @@ impl RunArgs {
             // Register, then GetDevicePluginOptions on the same context:
             // a shorter deadline would cancel a registration on its way.
             register_timeout: Duration::from_secs(30),
+            metrics: crate::metrics::Outputs {
+                file: self.metrics_file.clone(),
+                listen: self.metrics_listen,
+            },
         })
     }
 }

@@ -27,6 +27,14 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 pub struct Stopper(#[allow(dead_code)] OwnedFd);
 
+impl Stopper {
+    /// A stopper of whatever polls the read end of the pipe whose write end
+    /// this is: dropping it closes the pipe, which the reader sees.
+    pub fn new(write_end: OwnedFd) -> Stopper {
+        Stopper(write_end)
+    }
+}
+
 /// Wakes the watcher it was made with ([`Wake::Kicked`]).
 #[derive(Clone, Debug)]
 pub struct Kicker(Arc<OwnedFd>);

@@ -89,6 +89,7 @@ fn cases() -> &'static [Case] {
                     Watch::new(None),
                     injection,
                     Arc::new(|_| {}),
+                    crate::metrics::Metrics::new(),
                 );
                 cases.push(Case {
                     plugin: plugin.clone(),
@@ -740,6 +741,12 @@ fn run_args(r: &cli::RunArgs) -> Vec<String> {
         "--plugins-registry-dir={}",
         r.plugins_registry_dir.display()
     ));
+    if let Some(f) = &r.metrics_file {
+        args.push(format!("--metrics-file={}", f.display()));
+    }
+    if let Some(a) = &r.metrics_listen {
+        args.push(format!("--metrics-listen={a}"));
+    }
     args
 }
 

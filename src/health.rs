@@ -22,6 +22,7 @@ use crate::{
     dirwatch::{Changes, DirWatch, Wake},
     error::chain,
     event::Event,
+    metrics::Metrics,
     plugin::{Affected, Plugin},
     watch::Watch,
 };
@@ -80,6 +81,8 @@ pub struct Setup {
     pub cdi_dir: PathBuf,
     /// The supervisor's inbox.
     pub events: Sender<Event>,
+    /// Told of every health change.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Runs the health loop until the watch's stopper is dropped. A kick of
@@ -91,6 +94,7 @@ pub fn run(plugins: Vec<Watched>, setup: Setup) -> Result<(), String> {
         interval,
         cdi_dir,
         events,
+        metrics,
     } = setup;
     // The specs written at start are for these versions.
     let mut versions: Vec<u64> = plugins.iter().map(|(p, _)| p.nodes_version()).collect();
@@ -172,7 +176,9 @@ pub fn run(plugins: Vec<Watched>, setup: Setup) -> Result<(), String> {
                 continue;
             }
             log_changes(plugin.resource(), &diff);
+            let changed: Vec<Device> = diff.into_iter().cloned().collect();
             snapshot.publish(now);
+            metrics.health_changed(plugin.resource(), &changed.iter().collect::<Vec<_>>());
         }
     }
 }

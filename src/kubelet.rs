@@ -23,11 +23,14 @@ pub const API_VERSION: &str = "v1beta1";
 /// The kubelet's socket file name in the device plugin dir.
 pub const KUBELET_SOCKET: &str = "kubelet.sock";
 
-/// Identifies one socket file: a recreated file has a new inode.
+/// Identifies one socket file. A recreated file may get the inode number
+/// of the one it replaces (seen here: the kubelet's and the simulator's
+/// restarts), so its change time, to the nanosecond, is part of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SocketId {
     dev: u64,
     ino: u64,
+    ctime: (i64, i64),
 }
 
 /// The id of the socket at `path`; `None` if there is none (missing, or not
@@ -37,6 +40,7 @@ pub fn socket_id(path: &Path) -> Option<SocketId> {
     meta.file_type().is_socket().then(|| SocketId {
         dev: meta.dev(),
         ino: meta.ino(),
+        ctime: (meta.ctime(), meta.ctime_nsec()),
     })
 }
 

@@ -49,6 +49,7 @@ pub mod health;
 pub mod json;
 pub mod kubelet;
 pub mod lockfile;
+pub mod metrics;
 pub mod plugin;
 pub mod server;
 pub mod signals;

@@ -22,10 +22,11 @@ use grpcio::{
 };
 
 use crate::{
-    api::{api, api_grpc, pluginregistration, pluginregistration_grpc},
+    api::{api, api_grpc, pluginregistration, pluginregistration_grpc, status, status_grpc},
     device::{Device, Health},
     error::{Error, Result},
     kubelet::API_VERSION,
+    metrics::Metrics,
     plugin::{self, AllocError, Injection, Plugin},
     watch::Watch,
 };
@@ -104,6 +105,7 @@ pub struct Service {
     streams: Arc<Streams>,
     injection: Injection,
     on_stream: OnStream,
+    metrics: Arc<Metrics>,
 }
 
 impl Service {
@@ -115,6 +117,7 @@ impl Service {
         gate: Arc<Gate>,
         injection: Injection,
         on_stream: OnStream,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Service {
             plugin,
@@ -123,6 +126,7 @@ impl Service {
             streams: Arc::default(),
             injection,
             on_stream,
+            metrics,
         }
     }
 
@@ -297,10 +301,12 @@ impl api_grpc::DevicePlugin for Service {
                         cresp.devices.len()
                     );
                 }
+                self.metrics.allocated(resource);
                 Ok(resp)
             }
             Err(msg) => {
                 log::warn!("allocate refused resource={resource}: {msg}");
+                self.metrics.allocation_failed(resource, "INVALID_ARGUMENT");
                 Err(RpcStatus::with_message(
                     RpcStatusCode::INVALID_ARGUMENT,
                     msg,
@@ -425,13 +431,75 @@ impl pluginregistration_grpc::Registration for RegistrationService {
     }
 }
 
+/// Our status service, beside the DevicePlugin service on each socket: the
+/// device list with the reason of every unhealthy device, which
+/// ListAndWatch has no field for (`kubelet-plugin status` reads it).
+#[derive(Clone)]
+pub struct StatusService {
+    resource: String,
+    devices: Arc<Watch<Vec<Device>>>,
+    registration: &'static str,
+    state: Arc<dyn Fn() -> String + Send + Sync>,
+}
+
+impl StatusService {
+    /// The status of `resource` from its snapshot; `state` tells the
+    /// supervisor's state of the plugin.
+    pub fn new(
+        resource: &str,
+        devices: Arc<Watch<Vec<Device>>>,
+        registration: &'static str,
+        state: Arc<dyn Fn() -> String + Send + Sync>,
+    ) -> Self {
+        StatusService {
+            resource: resource.into(),
+            devices,
+            registration,
+            state,
+        }
+    }
+}
+
+impl status_grpc::Status for StatusService {
+    fn devices(
+        &mut self,
+        ctx: RpcContext,
+        _req: status::DevicesRequest,
+        sink: UnarySink<status::DevicesResponse>,
+    ) {
+        let devices = self.devices.get();
+        let resp = status::DevicesResponse {
+            resource: self.resource.clone(),
+            devices: devices
+                .iter()
+                .map(|d| status::DeviceStatus {
+                    id: d.id.clone(),
+                    health: d.health.as_str().into(),
+                    reason: d
+                        .health
+                        .reason()
+                        .map(|r| r.code().into())
+                        .unwrap_or_default(),
+                    why: d.health.reason().map(|r| r.to_string()).unwrap_or_default(),
+                    ..Default::default()
+                })
+                .collect(),
+            registration: self.registration.into(),
+            state: (self.state)(),
+            ..Default::default()
+        };
+        reply(&ctx, sink, Ok(resp));
+    }
+}
+
 /// Whether a server answers on the unix socket at `path`.
 pub fn socket_answers(path: &Path) -> bool {
     UnixStream::connect(path).is_ok()
 }
 
-/// Binds and starts a grpcio server for `service` (and `registration`, in
-/// `plugins-registry` mode) on the unix socket `path`, mode 0600.
+/// Binds and starts a grpcio server for `service`, `status` (and
+/// `registration`, in `plugins-registry` mode) on the unix socket `path`,
+/// mode 0600.
 ///
 /// grpcio silently replaces a socket file even while a live server uses it,
 /// so a socket that answers is refused (another instance runs there); one
@@ -445,6 +513,7 @@ pub fn socket_answers(path: &Path) -> bool {
 pub fn serve(
     env: Arc<Environment>,
     service: Service,
+    status: StatusService,
     registration: Option<RegistrationService>,
     path: &Path,
 ) -> Result<Server> {
@@ -466,8 +535,9 @@ pub fn serve(
         }
         _ => {}
     }
-    let mut builder =
-        ServerBuilder::new(env).register_service(api_grpc::create_device_plugin(service));
+    let mut builder = ServerBuilder::new(env)
+        .register_service(api_grpc::create_device_plugin(service))
+        .register_service(status_grpc::create_status(status));
     if let Some(registration) = registration {
         builder =
             builder.register_service(pluginregistration_grpc::create_registration(registration));

@@ -1,100 +1,306 @@
-//! `kubelet-plugin status`: asks every plugin socket in the device plugin
-//! dir for its devices, as the kubelet would (one ListAndWatch message),
-//! for an operator on a node without kubectl.
+//! `kubelet-plugin status`: what every running plugin of ours says of its
+//! devices, with the reason of each unhealthy one, and with `--pods` which
+//! pod holds which device (the kubelet's pod-resources API), for an
+//! operator on a node without kubectl and for scripts (`--output json`).
+//!
+//! Our plugins are found by their resource locks in the device plugin dir
+//! (a lock names its resource, and a socket follows from it in either
+//! registration mode); each answers on its socket through our own status
+//! service, beside the DevicePlugin service: no network port, no extra
+//! socket, the reasons straight from the device snapshot.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
-use futures_util::StreamExt as _;
 use grpcio::{CallOption, ChannelBuilder, EnvBuilder, Environment};
 
 use crate::{
-    api::{api, api_grpc},
+    api::{podresources, podresources_grpc, status, status_grpc},
     error::{Error, Result},
-    kubelet::KUBELET_SOCKET,
+    json::json_str,
     lockfile,
 };
 
-/// How long one plugin may take to answer.
+/// How long one plugin, or the kubelet, may take to answer.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The first device list of the plugin at `sock`: `(ID, health)`.
-pub fn devices(
-    env: Arc<Environment>,
-    sock: &Path,
-) -> std::result::Result<Vec<(String, String)>, String> {
-    let channel = ChannelBuilder::new(env).connect(&format!("unix:{}", sock.display()));
-    let client = api_grpc::DevicePluginClient::new(channel);
-    let opt = CallOption::default().timeout(TIMEOUT);
-    let mut stream = client
-        .list_and_watch_opt(&api::Empty::new(), opt)
-        .map_err(|e| e.to_string())?;
-    match futures_executor::block_on(stream.next()) {
-        Some(Ok(msg)) => Ok(msg.devices.into_iter().map(|d| (d.ID, d.health)).collect()),
-        Some(Err(e)) => Err(e.to_string()),
-        None => Err("stream ended without a device list".into()),
+/// The default pod-resources socket of the kubelet.
+pub const POD_RESOURCES_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
+
+/// What `status` is asked.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where the locks and, in `kubelet-sock` mode, the sockets are.
+    pub device_plugin_dir: PathBuf,
+    /// Where the sockets are in `plugins-registry` mode.
+    pub plugins_registry_dir: PathBuf,
+    /// Ask the kubelet which pod holds which device, on this socket.
+    pub pods: Option<PathBuf>,
+    /// JSON instead of text.
+    pub json: bool,
+    /// A liveness probe: only whether every plugin answers counts.
+    pub liveness: bool,
+}
+
+/// How `status` ends, when it could ask every plugin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every plugin answers and every device is healthy (or `liveness`).
+    Healthy,
+    /// Every plugin answers; some device is unhealthy.
+    Unhealthy,
+}
+
+impl Outcome {
+    /// The exit code: 0, or 3 for some device unhealthy (2 is "no plugin,
+    /// or one does not answer", an error).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Healthy => 0,
+            Outcome::Unhealthy => 3,
+        }
     }
 }
 
-/// Prints the devices of every plugin socket in `dir`, each under its
-/// resource name when it is one of ours (a resource lock in `dir` names
-/// it, and `<name>.sock` serves `<domain>/<name>`; `domain` is the guess
-/// for a socket without a lock); fails when there is none or one does not
-/// answer.
-pub fn run(dir: &Path, domain: &str) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("read", dir, e))?;
-    let mut socks: Vec<_> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "sock"))
-        .filter(|p| p.file_name().is_some_and(|n| n != KUBELET_SOCKET))
-        .collect();
-    socks.sort();
-    if socks.is_empty() {
-        return Err(Error::Invalid(format!(
-            "no plugin sockets in {}",
-            dir.display()
-        )));
-    }
-    let ours = lockfile::locked_resources(dir);
-    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
-    let mut silent = Vec::new();
-    for sock in &socks {
-        let file = sock.file_name().unwrap_or_default().to_string_lossy();
-        // The API does not tell a plugin's resource; ours follow our naming.
-        let name = file
-            .strip_suffix(".sock")
-            .and_then(|n| {
-                ours.iter()
-                    .find(|r| r.rsplit_once('/').is_some_and(|(_, part)| part == n))
-                    .cloned()
-                    .or_else(|| {
-                        crate::plugin::KINDS
-                            .iter()
-                            .any(|k| k.name == n)
-                            .then(|| format!("{domain}/{n}"))
-                    })
-            })
-            .map(|r| format!("{r} ({file})"))
-            .unwrap_or_else(|| file.to_string());
-        match devices(env.clone(), sock) {
-            Ok(devices) => {
-                let healthy = devices.iter().filter(|(_, h)| h == "Healthy").count();
-                println!("{name}: {} devices, {healthy} healthy", devices.len());
-                for (id, health) in devices {
-                    println!("    {id:<12} {health}");
+/// One plugin of ours as `status` found it.
+#[derive(Debug)]
+struct Found {
+    resource: String,
+    socket: Option<PathBuf>,
+    answer: std::result::Result<status::DevicesResponse, String>,
+}
+
+/// The sockets resource `resource` may serve on, in either mode.
+fn sockets(opts: &Options, resource: &str) -> Vec<PathBuf> {
+    let name = resource.rsplit_once('/').map_or(resource, |(_, n)| n);
+    vec![
+        opts.device_plugin_dir.join(format!("{name}.sock")),
+        opts.plugins_registry_dir
+            .join(format!("{}.sock", resource.replace('/', "-"))),
+    ]
+}
+
+fn ask(
+    env: &Arc<Environment>,
+    sock: &Path,
+) -> std::result::Result<status::DevicesResponse, String> {
+    let channel = ChannelBuilder::new(env.clone()).connect(&format!("unix:{}", sock.display()));
+    status_grpc::StatusClient::new(channel)
+        .devices_opt(
+            &status::DevicesRequest::new(),
+            CallOption::default().timeout(TIMEOUT),
+        )
+        .map_err(|e| e.to_string())
+}
+
+/// Who holds each device: (resource, device ID) -> `namespace/pod/container`.
+fn holders(env: &Arc<Environment>, sock: &Path) -> Result<BTreeMap<(String, String), Vec<String>>> {
+    let channel = ChannelBuilder::new(env.clone()).connect(&format!("unix:{}", sock.display()));
+    let list = podresources_grpc::PodResourcesListerClient::new(channel)
+        .list_opt(
+            &podresources::ListPodResourcesRequest::new(),
+            CallOption::default().timeout(TIMEOUT),
+        )
+        .map_err(|source| Error::Grpc {
+            op: format!("ask the kubelet's pod-resources API on {}", sock.display()),
+            source,
+        })?;
+    let mut held: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for pod in &list.pod_resources {
+        for c in &pod.containers {
+            for d in &c.devices {
+                for id in &d.device_ids {
+                    held.entry((d.resource_name.clone(), id.clone()))
+                        .or_default()
+                        .push(format!("{}/{}/{}", pod.namespace, pod.name, c.name));
                 }
-            }
-            Err(e) => {
-                println!("{name}: not answering: {e}");
-                silent.push(file.into_owned());
             }
         }
     }
+    Ok(held)
+}
+
+/// Asks every plugin of ours and prints what they say; the outcome, or an
+/// error when there is none or one does not answer.
+pub fn run(opts: &Options) -> Result<Outcome> {
+    let resources = lockfile::locked_resources(&opts.device_plugin_dir);
+    if resources.is_empty() {
+        return Err(Error::Invalid(format!(
+            "no kubelet-plugin resources in {} (no resource locks there)",
+            opts.device_plugin_dir.display()
+        )));
+    }
+    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+    let found: Vec<Found> = resources
+        .into_iter()
+        .map(|resource| {
+            let there: Vec<PathBuf> = sockets(opts, &resource)
+                .into_iter()
+                .filter(|s| s.exists())
+                .collect();
+            let mut answer =
+                Err("not running: no socket (a lock left by a killed instance)".into());
+            let mut socket = None;
+            for s in there {
+                answer = ask(&env, &s);
+                socket = Some(s);
+                if answer.is_ok() {
+                    break;
+                }
+            }
+            Found {
+                resource,
+                socket,
+                answer,
+            }
+        })
+        .collect();
+    let held = match &opts.pods {
+        Some(sock) => Some(holders(&env, sock)?),
+        None => None,
+    };
+    if opts.json {
+        println!("{}", to_json(&found, held.as_ref()));
+    } else {
+        print_text(&found, held.as_ref());
+    }
+    let silent: Vec<&str> = found
+        .iter()
+        .filter(|f| f.answer.is_err())
+        .map(|f| f.resource.as_str())
+        .collect();
     if !silent.is_empty() {
         return Err(Error::Invalid(format!(
             "not answering: {}",
             silent.join(", ")
         )));
     }
-    Ok(())
+    let unhealthy = found.iter().any(|f| {
+        f.answer
+            .as_ref()
+            .is_ok_and(|a| a.devices.iter().any(|d| d.health != "Healthy"))
+    });
+    Ok(if unhealthy && !opts.liveness {
+        Outcome::Unhealthy
+    } else {
+        Outcome::Healthy
+    })
+}
+
+fn print_text(found: &[Found], held: Option<&BTreeMap<(String, String), Vec<String>>>) {
+    for f in found {
+        let file = f
+            .socket
+            .as_ref()
+            .and_then(|s| s.file_name())
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "no socket".into());
+        match &f.answer {
+            Ok(a) => {
+                let healthy = a.devices.iter().filter(|d| d.health == "Healthy").count();
+                println!(
+                    "{} ({file}, {}, {}): {} devices, {healthy} healthy",
+                    f.resource,
+                    a.registration,
+                    a.state,
+                    a.devices.len()
+                );
+                for d in &a.devices {
+                    let mut line = format!("    {:<12} {:<9}", d.id, d.health);
+                    if !d.reason.is_empty() {
+                        line.push_str(&format!(" {}: {}", d.reason, d.why));
+                    }
+                    if let Some(held) = held {
+                        let by = held
+                            .get(&(f.resource.clone(), d.id.clone()))
+                            .map(|p| p.join(", "))
+                            .unwrap_or_else(|| "-".into());
+                        line.push_str(&format!(" pod={by}"));
+                    }
+                    println!("{}", line.trim_end());
+                }
+            }
+            Err(e) => println!("{} ({file}): not answering: {e}", f.resource),
+        }
+    }
+}
+
+fn to_json(found: &[Found], held: Option<&BTreeMap<(String, String), Vec<String>>>) -> String {
+    let plugins: Vec<String> = found
+        .iter()
+        .map(|f| {
+            let socket = f
+                .socket
+                .as_ref()
+                .map(|s| json_str(&s.display().to_string()))
+                .unwrap_or_else(|| "null".into());
+            match &f.answer {
+                Ok(a) => {
+                    let devices: Vec<String> = a
+                        .devices
+                        .iter()
+                        .map(|d| {
+                            let pods = held
+                                .map(|h| {
+                                    let list = h
+                                        .get(&(f.resource.clone(), d.id.clone()))
+                                        .map(|ps| ps.iter().map(|p| pod_json(p)).collect())
+                                        .unwrap_or_else(Vec::new);
+                                    format!(", \"pods\": [{}]", list.join(", "))
+                                })
+                                .unwrap_or_default();
+                            let reason = if d.reason.is_empty() {
+                                "null".to_string()
+                            } else {
+                                json_str(&d.reason)
+                            };
+                            let why = if d.why.is_empty() {
+                                "null".to_string()
+                            } else {
+                                json_str(&d.why)
+                            };
+                            format!(
+                                "{{\"id\": {}, \"health\": {}, \"reason\": {reason}, \"why\": {why}{pods}}}",
+                                json_str(&d.id),
+                                json_str(&d.health)
+                            )
+                        })
+                        .collect();
+                    format!(
+                        "{{\"resource\": {}, \"socket\": {socket}, \"answering\": true, \"registration\": {}, \"state\": {}, \"devices\": [{}]}}",
+                        json_str(&f.resource),
+                        json_str(&a.registration),
+                        json_str(&a.state),
+                        devices.join(", ")
+                    )
+                }
+                Err(e) => format!(
+                    "{{\"resource\": {}, \"socket\": {socket}, \"answering\": false, \"error\": {}}}",
+                    json_str(&f.resource),
+                    json_str(e)
+                ),
+            }
+        })
+        .collect();
+    format!("{{\"plugins\": [{}]}}", plugins.join(", "))
+}
+
+/// `namespace/pod/container` as a JSON object.
+fn pod_json(p: &str) -> String {
+    let mut parts = p.splitn(3, '/');
+    let (ns, pod, c) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    format!(
+        "{{\"namespace\": {}, \"pod\": {}, \"container\": {}}}",
+        json_str(ns),
+        json_str(pod),
+        json_str(c)
+    )
 }

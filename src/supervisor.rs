@@ -20,7 +20,7 @@
 use std::{
     fmt,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -32,13 +32,14 @@ use grpcio::{EnvBuilder, Environment, Server};
 use crate::{
     cdi,
     device::Device,
-    dirwatch::{DirWatch, Kicker},
+    dirwatch::{DirWatch, Kicker, Stopper},
     error::{Error, Result, chain},
     event::{Event, SignalAction},
     health,
     kubelet::{self, KUBELET_SOCKET, SocketId},
+    metrics::{self, Exporter, Metrics},
     plugin::{Injection, Plugin},
-    server::{self, Gate, RegistrationService, Service, StreamChange, Streams},
+    server::{self, Gate, RegistrationService, Service, StatusService, StreamChange, Streams},
     signals,
     thread::spawn_named,
     watch::Watch,
@@ -120,6 +121,8 @@ pub struct Config {
     pub poll_interval: Duration,
     /// Deadline of one Register call.
     pub register_timeout: Duration,
+    /// Where the metrics go (none: nowhere, and no `metrics` thread).
+    pub metrics: metrics::Outputs,
 }
 
 /// Where a plugin is in its life; each state says what it waits for.
@@ -184,6 +187,8 @@ struct Slot {
     /// The device list; written by the health thread only.
     snapshot: Arc<Watch<Vec<Device>>>,
     state: State,
+    /// `state` as our status service tells it.
+    shown: Arc<Mutex<State>>,
     generation: u64,
     live: Option<Live>,
     /// `kubelet-sock` mode: the kubelet we registered, or are registering,
@@ -234,6 +239,7 @@ impl Slot {
                 self.state
             );
             self.state = state;
+            *self.shown.lock().expect("state lock poisoned") = state;
         }
     }
 }
@@ -245,6 +251,11 @@ pub struct Supervisor {
     slots: Vec<Slot>,
     events: Sender<Event>,
     inbox: Receiver<Event>,
+    metrics: Arc<Metrics>,
+    /// The `metrics` thread's work, made (its port bound) at start.
+    exporter: Option<(Exporter, Stopper)>,
+    /// `kubelet-sock` mode: the `kubelet.sock` last seen, to count restarts.
+    kubelet: Option<SocketId>,
 }
 
 impl Supervisor {
@@ -252,6 +263,12 @@ impl Supervisor {
     /// probes its devices once, so the first ListAndWatch message is ready
     /// before any server starts.
     pub fn new(cfg: Config) -> Result<Self> {
+        let metrics = Metrics::new();
+        let exporter = if cfg.metrics.file.is_some() || cfg.metrics.listen.is_some() {
+            Some(Exporter::new(metrics.clone(), &cfg.metrics)?)
+        } else {
+            None
+        };
         let mut slots = Vec::new();
         for plugin in &cfg.plugins {
             let socket = socket_path(&cfg.registration, &cfg.plugin_dir, plugin.as_ref());
@@ -273,11 +290,14 @@ impl Supervisor {
                 plugin.resource(),
                 spec.display()
             );
+            let snapshot = Watch::new(devices);
+            metrics.add_resource(plugin.resource(), snapshot.clone());
             slots.push(Slot {
                 socket,
-                snapshot: Watch::new(devices),
+                snapshot,
                 plugin: plugin.clone(),
                 state: State::Idle,
+                shown: Arc::new(Mutex::new(State::Idle)),
                 generation: 0,
                 live: None,
                 kubelet: None,
@@ -296,6 +316,9 @@ impl Supervisor {
             slots,
             events,
             inbox,
+            metrics,
+            exporter,
+            kubelet: None,
         })
     }
 
@@ -316,6 +339,13 @@ impl Supervisor {
         let health = watch.kicker();
         let mut joins = vec![signals_join];
         joins.push(self.spawn_health(watch)?);
+        let mut metrics_stop = None;
+        if let Some((exporter, stop)) = self.exporter.take() {
+            joins.push(spawn_named("metrics", self.events.clone(), move || {
+                exporter.run()
+            })?);
+            metrics_stop = Some(stop);
+        }
         let threads = joins.len();
 
         let result = self.event_loop(&health);
@@ -325,6 +355,7 @@ impl Supervisor {
         }
         signals.close();
         drop(watch_stop);
+        drop(metrics_stop);
         let joined = self.join(joins, threads);
         result.and(joined)
     }
@@ -340,6 +371,7 @@ impl Supervisor {
             interval: self.cfg.poll_interval,
             cdi_dir: self.cfg.cdi_dir.clone(),
             events: self.events.clone(),
+            metrics: self.metrics.clone(),
         };
         spawn_named("health", self.events.clone(), move || {
             health::run(plugins, setup)
@@ -413,6 +445,15 @@ impl Supervisor {
     }
 
     fn reconcile_all(&mut self, force: bool) {
+        if self.cfg.registration == RegistrationMode::KubeletSock {
+            let now = kubelet::socket_id(&self.cfg.plugin_dir.join(KUBELET_SOCKET));
+            if self.kubelet.is_some() && now.is_some() && now != self.kubelet {
+                self.metrics.kubelet_restarted();
+            }
+            if now.is_some() {
+                self.kubelet = now;
+            }
+        }
         for i in 0..self.slots.len() {
             self.reconcile(i, force);
         }
@@ -503,6 +544,7 @@ impl Supervisor {
                     change,
                 });
             }),
+            self.metrics.clone(),
         );
         let streams = service.streams();
         let registration = match self.cfg.registration {
@@ -522,7 +564,20 @@ impl Supervisor {
                 ))
             }
         };
-        let server = server::serve(self.env.clone(), service, registration, &slot.socket)?;
+        let shown = slot.shown.clone();
+        let status = StatusService::new(
+            slot.resource(),
+            slot.snapshot.clone(),
+            self.cfg.registration.name(),
+            Arc::new(move || shown.lock().expect("state lock poisoned").to_string()),
+        );
+        let server = server::serve(
+            self.env.clone(),
+            service,
+            status,
+            registration,
+            &slot.socket,
+        )?;
         let socket = kubelet::socket_id(&slot.socket).ok_or_else(|| {
             Error::Invalid(format!(
                 "socket {} vanished after bind",
@@ -607,6 +662,7 @@ impl Supervisor {
         match sent {
             Ok(handle) => slot.call = Some(handle),
             Err(e) => {
+                self.metrics.register_failed(slot.resource());
                 log::warn!(
                     "register failed resource={}: {}",
                     slot.resource(),
@@ -638,6 +694,7 @@ impl Supervisor {
                     .unwrap_or_default();
                 slot.set(State::Registered);
                 slot.backoff = BACKOFF_MIN;
+                self.metrics.registered(slot.resource());
                 log::info!(
                     "registered resource={} socket={}{took}",
                     slot.resource(),
@@ -647,12 +704,14 @@ impl Supervisor {
             // The plugin watcher retries on its own while our socket is
             // there; a new socket would only restart its backoff.
             Err(e) if !by_kubelet_sock => {
+                self.metrics.register_failed(slot.resource());
                 log::warn!(
                     "the kubelet's plugin watcher refused us resource={}: {e}",
                     slot.resource()
                 );
             }
             Err(e) => {
+                self.metrics.register_failed(slot.resource());
                 log::warn!(
                     "register failed resource={} retry_ms={}: {e}",
                     slot.resource(),

@@ -43,7 +43,9 @@ use grpcio::{
 };
 
 use crate::{
-    api::{api, api_grpc, pluginregistration, pluginregistration_grpc},
+    api::{
+        api, api_grpc, pluginregistration, pluginregistration_grpc, podresources, podresources_grpc,
+    },
     dirwatch::{Changes, DirWatch, Stopper, Wake},
 };
 
@@ -105,6 +107,83 @@ struct Shared {
     events: Sender<SimEvent>,
     conns: Mutex<HashMap<String, Conn>>,
     next_id: Mutex<u64>,
+    /// What the pod-resources API tells: who holds which devices.
+    held: Mutex<Vec<Held>>,
+}
+
+/// A container of a pod, as the kubelet's pod-resources API names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodRef {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
+    /// The container's name.
+    pub container: String,
+}
+
+/// Devices of one resource that a container holds.
+#[derive(Clone, Debug)]
+struct Held {
+    pod: PodRef,
+    resource: String,
+    ids: Vec<String>,
+}
+
+/// The pod-resources API, from what the simulator allocated for pods.
+#[derive(Clone)]
+struct PodResources(Arc<Shared>);
+
+impl podresources_grpc::PodResourcesLister for PodResources {
+    fn list(
+        &mut self,
+        ctx: RpcContext,
+        _req: podresources::ListPodResourcesRequest,
+        sink: UnarySink<podresources::ListPodResourcesResponse>,
+    ) {
+        let held = self.0.held.lock().expect("sim lock").clone();
+        let mut pods: Vec<podresources::PodResources> = Vec::new();
+        for h in held {
+            let pod = match pods
+                .iter_mut()
+                .find(|p| p.namespace == h.pod.namespace && p.name == h.pod.name)
+            {
+                Some(p) => p,
+                None => {
+                    pods.push(podresources::PodResources {
+                        name: h.pod.name.clone(),
+                        namespace: h.pod.namespace.clone(),
+                        ..Default::default()
+                    });
+                    pods.last_mut().expect("just pushed")
+                }
+            };
+            let container = match pod
+                .containers
+                .iter()
+                .position(|c| c.name == h.pod.container)
+            {
+                Some(i) => &mut pod.containers[i],
+                None => {
+                    pod.containers.push(podresources::ContainerResources {
+                        name: h.pod.container.clone(),
+                        ..Default::default()
+                    });
+                    pod.containers.last_mut().expect("just pushed")
+                }
+            };
+            container.devices.push(podresources::ContainerDevices {
+                resource_name: h.resource,
+                device_ids: h.ids,
+                ..Default::default()
+            });
+        }
+        let resp = podresources::ListPodResourcesResponse {
+            pod_resources: pods,
+            ..Default::default()
+        };
+        ctx.spawn(sink.success(resp).map(drop));
+    }
 }
 
 type Job = (api::RegisterRequest, UnarySink<api::Empty>);
@@ -117,6 +196,8 @@ pub struct Sim {
     stop: Option<Sender<()>>,
     worker: Option<JoinHandle<()>>,
     registry: Option<Registry>,
+    /// The pod-resources API's server, when asked for.
+    pod_resources: Option<Server>,
     events: Receiver<SimEvent>,
 }
 
@@ -189,6 +270,7 @@ impl Sim {
             events: events_tx,
             conns: Mutex::new(HashMap::new()),
             next_id: Mutex::new(0),
+            held: Mutex::new(Vec::new()),
         });
         let (jobs, job_rx) = unbounded::<Job>();
         // Stopped by its own channel: a Registration handler still in grpcio's
@@ -216,6 +298,7 @@ impl Sim {
             stop: Some(stop),
             worker: Some(worker),
             registry: None,
+            pod_resources: None,
             events,
         };
         sim.serve()?;
@@ -352,6 +435,43 @@ impl Sim {
             .map_err(|e| e.to_string())
     }
 
+    /// Calls Allocate for `pod`'s container with `ids` and, when it
+    /// succeeds, tells the pod-resources API that the container holds them.
+    pub fn allocate_for(
+        &self,
+        pod: &PodRef,
+        resource: &str,
+        ids: &[String],
+    ) -> Result<api::AllocateResponse, String> {
+        let resp = self.allocate(resource, ids)?;
+        self.shared.held.lock().expect("sim lock").push(Held {
+            pod: pod.clone(),
+            resource: resource.into(),
+            ids: ids.to_vec(),
+        });
+        Ok(resp)
+    }
+
+    /// Serves the kubelet's pod-resources API (`v1.PodResourcesLister`) on
+    /// the unix socket `path`, from [`Sim::allocate_for`]'s allocations.
+    pub fn serve_pod_resources(&mut self, path: &Path) -> Result<(), String> {
+        let mut server = ServerBuilder::new(self.shared.env.clone())
+            .register_service(podresources_grpc::create_pod_resources_lister(
+                PodResources(self.shared.clone()),
+            ))
+            .build()
+            .map_err(|e| format!("cannot build the pod-resources server: {e}"))?;
+        server
+            .add_listening_port(
+                format!("unix:{}", path.display()),
+                ServerCredentials::insecure(),
+            )
+            .map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
+        server.start();
+        self.pod_resources = Some(server);
+        Ok(())
+    }
+
     /// Allocates the first `n` healthy devices of `resource`, as the kubelet
     /// would pick them; returns the IDs and the answer.
     pub fn allocate_healthy(
@@ -467,6 +587,7 @@ impl Drop for Sim {
         }
         self.disconnect_all();
         self.server = None;
+        self.pod_resources = None;
         self.jobs = None;
         self.stop = None;
         if let Some(w) = self.worker.take() {

@@ -777,37 +777,77 @@ fn test_registers_again_when_the_kubelet_drops_the_stream() {
 }
 
 #[test]
-fn test_status_lists_devices_and_fails_without_plugins() {
+fn test_status_lists_devices_reasons_and_pods_with_exit_codes() {
     let d = dirs();
-    let status = || {
-        Command::new(env!("CARGO_BIN_EXE_kubelet-plugin"))
-            .args(["status", "--device-plugin-dir"])
+    let pod_sock = d.tmp.path().join("pod-resources.sock");
+    let status = |extra: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubelet-plugin"));
+        cmd.args(["status", "--device-plugin-dir"])
             .arg(&d.plugin)
-            .output()
-            .unwrap()
+            .arg("--pod-resources-socket")
+            .arg(&pod_sock)
+            .args(extra);
+        common::output(cmd, WAIT)
     };
-    let out = status();
+    let out = status(&[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no plugin sockets"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no kubelet-plugin resources"));
 
-    let sim = Sim::start(&d.plugin).unwrap();
-    let _p = start(&d, &["--plugin", "crand"]);
+    let mut sim = Sim::start(&d.plugin).unwrap();
+    sim.serve_pod_resources(&pod_sock).unwrap();
+    let p = start(&d, &["--plugin", "crand"]);
     sim.wait_devices(CRAND, WAIT, |_| true).unwrap();
+    wait_log(&p, "registered resource=");
+    let out = status(&[]);
+    assert_eq!(out.status.code(), Some(0), "all healthy");
+    let pod = kubelet_plugin::sim::PodRef {
+        namespace: "default".into(),
+        name: "busybox-crand".into(),
+        container: "busybox".into(),
+    };
+    sim.allocate_for(&pod, CRAND, &["crand0".into(), "crand2".into()])
+        .unwrap();
     std::fs::remove_file(d.dev.join("crand2")).unwrap();
     sim.wait_devices(CRAND, WAIT, |devs| health_of(devs, "crand2") == "Unhealthy")
         .unwrap();
-    let out = status();
+
+    let out = status(&["--pods"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    assert_eq!(out.status.code(), Some(3), "some device unhealthy: {text}");
     assert!(
-        text.contains("github.com.ihcsim/crand (crand.sock): 3 devices, 2 healthy"),
+        text.contains(
+            "github.com.ihcsim/crand (crand.sock, kubelet-sock, registered): 3 devices, 2 healthy"
+        ),
         "{text}"
     );
-    assert!(text.contains("crand2       Unhealthy"), "{text}");
+    assert!(
+        text.contains(
+            "crand2       Unhealthy missing: node missing pod=default/busybox-crand/busybox"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("crand1       Healthy   pod=-"), "{text}");
+    // A liveness probe cares only that the plugin answers.
+    assert_eq!(status(&["--liveness"]).status.code(), Some(0));
 
-    // A socket nobody serves: named, and the exit code says so.
-    let _stale = std::os::unix::net::UnixListener::bind(d.plugin.join("zzz.sock")).unwrap();
-    let out = status();
+    let out = status(&["--pods", "--output", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plugin = &json["plugins"][0];
+    assert_eq!(plugin["resource"], CRAND);
+    assert_eq!(plugin["answering"], true);
+    let crand2 = &plugin["devices"][2];
+    assert_eq!(crand2["id"], "crand2");
+    assert_eq!(crand2["reason"], "missing");
+    assert_eq!(crand2["pods"][0]["pod"], "busybox-crand");
+    assert_eq!(plugin["devices"][1]["reason"], serde_json::Value::Null);
+    assert_eq!(status(&["--output", "yaml"]).status.code(), Some(2));
+
+    // A plugin killed: its lock stays, nobody answers: 2, named.
+    drop(p);
+    let out = status(&[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("zzz.sock: not answering"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not answering: github.com.ihcsim/crand")
+    );
+    assert_eq!(status(&["--liveness"]).status.code(), Some(2));
 }

@@ -197,7 +197,9 @@ fn test_init_script_start_status_stop() {
         assert_eq!(code, 0, "{out}");
         assert!(out.contains(&format!("is running (pid {pid})")), "{out}");
         assert!(
-            out.contains("github.com.ihcsim/crand (crand.sock): 3 devices, 3 healthy"),
+            out.contains(
+                "github.com.ihcsim/crand (crand.sock, kubelet-sock, registered): 3 devices, 3 healthy"
+            ),
             "{out}"
         );
 
