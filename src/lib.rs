@@ -50,6 +50,7 @@ pub mod json;
 pub mod kubelet;
 pub mod lockfile;
 pub mod metrics;
+pub mod notify;
 pub mod plugin;
 pub mod server;
 pub mod signals;

@@ -38,6 +38,7 @@ use crate::{
     health,
     kubelet::{self, KUBELET_SOCKET, SocketId},
     metrics::{self, Exporter, Metrics},
+    notify::Notifier,
     plugin::{Injection, Plugin},
     server::{self, Gate, RegistrationService, Service, StatusService, StreamChange, Streams},
     signals,
@@ -256,6 +257,10 @@ pub struct Supervisor {
     exporter: Option<(Exporter, Stopper)>,
     /// `kubelet-sock` mode: the `kubelet.sock` last seen, to count restarts.
     kubelet: Option<SocketId>,
+    /// systemd's `$NOTIFY_SOCKET`, and what it was told.
+    notifier: Notifier,
+    ready: bool,
+    told: String,
 }
 
 impl Supervisor {
@@ -319,6 +324,9 @@ impl Supervisor {
             metrics,
             exporter,
             kubelet: None,
+            notifier: Notifier::from_env(),
+            ready: false,
+            told: String::new(),
         })
     }
 
@@ -383,6 +391,7 @@ impl Supervisor {
     fn event_loop(&mut self, health: &Kicker) -> Result<()> {
         self.reconcile_all(false);
         loop {
+            self.notify();
             let deadline = self.slots.iter().filter_map(|s| s.state.deadline()).min();
             let event = match deadline {
                 Some(at) => match self.inbox.recv_deadline(at) {
@@ -396,6 +405,7 @@ impl Supervisor {
                 None => {}
                 Some(Event::Signal(SignalAction::Shutdown)) => {
                     log::info!("shutting down");
+                    self.notifier.send("STOPPING=1\nSTATUS=shutting down");
                     return Ok(());
                 }
                 Some(Event::Signal(SignalAction::Reregister)) => {
@@ -424,6 +434,30 @@ impl Supervisor {
                 }
             }
             self.run_timers();
+        }
+    }
+
+    /// Tells systemd: READY=1 once no plugin is still starting (each
+    /// serves, waits for the kubelet or retries; never after registration,
+    /// since the unit starts before the kubelet and that would deadlock the
+    /// boot), and a STATUS= line whenever a plugin's state changed.
+    fn notify(&mut self) {
+        let ready = !self.ready
+            && self
+                .slots
+                .iter()
+                .all(|s| !matches!(s.state, State::Idle | State::Starting));
+        let status: Vec<String> = self
+            .slots
+            .iter()
+            .map(|s| format!("{} {}", s.plugin.name(), s.state))
+            .collect();
+        let status = status.join(", ");
+        if ready || status != self.told {
+            let ready_line = if ready { "READY=1\n" } else { "" };
+            self.notifier.send(&format!("{ready_line}STATUS={status}"));
+            self.ready |= ready;
+            self.told = status;
         }
     }
 

@@ -292,6 +292,93 @@ fn test_systemd_unit_verifies_and_orders_around_the_kubelet() {
     verify.arg("verify").arg(&copy);
     let out = run(verify);
     assert!(out.status.success(), "{}", text(&out));
+
+    // Never gives up, tells when it is ready, and is hardened: systemd's
+    // own exposure score at most 2.0.
+    assert_eq!(value("Type"), "notify");
+    assert_eq!(value("StartLimitIntervalSec"), "0");
+    let mut security = Command::new("systemd-analyze");
+    security.args(["security", "--offline=true"]).arg(&copy);
+    let out = text(&run(security));
+    let score: f64 = out
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for kubelet-plugin.service: "))
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure score in\n{out}"));
+    eprintln!("systemd exposure score: {score}");
+    assert!(score <= 2.0, "exposure {score} > 2.0:\n{out}");
+
+    // The capabilities the unit leaves are enough: the plugin with only
+    // those (setpriv) makes its nodes, opens kvm and registers both.
+    let caps: Vec<String> = value("CapabilityBoundingSet")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let d = dirs();
+    make_kvm_node(&d);
+    std::fs::set_permissions(
+        d.dev.join("kvm"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o660),
+    )
+    .unwrap();
+    let sim = Sim::start(&d.plugin).unwrap();
+    let cmd = common::plugin_cmd("setpriv", &d, &["--log-level", "debug"]);
+    // setpriv [its options] kubelet-plugin run [the dirs...]
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--bounding-set=-all,{}", caps.join(",")))
+        .arg("--inh-caps=-all")
+        .arg(plugin_bin())
+        .args(args);
+    let p = common::Plugin::spawn(&mut cmd);
+    let listed = wait_listed(&sim, &[CRAND, KVM]);
+    assert_eq!(listed[CRAND], 3, "{}", p.log());
+    let kvm = sim.devices(KVM).unwrap();
+    assert!(
+        kvm.iter().all(|(_, h)| h == "Healthy"),
+        "{kvm:?}\n{}",
+        p.log()
+    );
+}
+
+#[test]
+fn test_systemd_is_told_ready_status_and_stopping() {
+    for abstract_ns in [false, true] {
+        let d = dirs();
+        let (sock, name) = if abstract_ns {
+            let name = format!("@kubelet-plugin-test-{}", std::process::id());
+            use std::os::linux::net::SocketAddrExt;
+            let addr =
+                std::os::unix::net::SocketAddr::from_abstract_name(&name.as_bytes()[1..]).unwrap();
+            (
+                std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap(),
+                name,
+            )
+        } else {
+            let path = d.tmp.path().join("notify");
+            (
+                std::os::unix::net::UnixDatagram::bind(&path).unwrap(),
+                path.display().to_string(),
+            )
+        };
+        sock.set_read_timeout(Some(WAIT)).unwrap();
+        let next = || {
+            let mut buf = [0u8; 4096];
+            let n = sock.recv(&mut buf).expect("a notification in time");
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        };
+        // No kubelet yet: ready all the same, waiting for it.
+        let mut cmd = common::plugin_cmd(plugin_bin(), &d, &["--plugin", "crand"]);
+        cmd.env("NOTIFY_SOCKET", &name);
+        let mut p = common::Plugin::spawn(&mut cmd);
+        assert_eq!(next(), "READY=1\nSTATUS=crand waiting for the kubelet");
+        let sim = Sim::start(&d.plugin).unwrap();
+        sim.wait_ready(CRAND, WAIT).unwrap();
+        while next() != "STATUS=crand registered" {}
+        p.signal(Signal::SIGTERM);
+        assert_eq!(next(), "STOPPING=1\nSTATUS=shutting down");
+        assert_eq!(p.wait_exit(WAIT).unwrap().code(), Some(0));
+    }
 }
 
 /// Every document of every YAML file under `kubelet/`, by file.
