@@ -208,14 +208,25 @@ undeploy:
 	  if [ -e "$(STATIC_POD_DIR)/$$pod" ]; then rm -f "$(STATIC_POD_DIR)/$$pod" && echo "removed $(STATIC_POD_DIR)/$$pod"; fi; \
 	done
 
-# The DaemonSet's FROM-scratch image, with docker or podman.
-CONTAINER_ENGINE ?= $(shell command -v docker || command -v podman)
+# The DaemonSet's FROM-scratch image for both arches, and the manifest list
+# $(IMAGE) that names them (podman): a node pulls the image of its own arch.
+# Each arch's image is also there as $(IMAGE)-<arch>.
+CONTAINER_ENGINE ?= podman
 IMAGE ?= kubelet-plugin:$(CARGO_VERSION)
+IMAGE_ARCHES := amd64 arm64
 image: static
+	$(call install,podman)
 	rm -rf $(TARGET_DIR)/image && mkdir -p $(TARGET_DIR)/image/amd64 $(TARGET_DIR)/image/arm64
 	cp $(STATIC_X86_64)/kubelet-plugin $(TARGET_DIR)/image/amd64/
 	cp $(STATIC_AARCH64)/kubelet-plugin $(TARGET_DIR)/image/arm64/
-	$(CONTAINER_ENGINE) build -f kubelet/daemonset/Dockerfile -t $(IMAGE) $(TARGET_DIR)/image
+	-$(CONTAINER_ENGINE) manifest rm $(IMAGE) >/dev/null 2>&1
+	$(CONTAINER_ENGINE) manifest create $(IMAGE)
+	@for arch in $(IMAGE_ARCHES); do \
+	  $(CONTAINER_ENGINE) build --platform linux/$$arch --build-arg TARGETARCH=$$arch \
+	    -f kubelet/daemonset/Dockerfile -t $(IMAGE)-$$arch $(TARGET_DIR)/image || exit 1; \
+	  $(CONTAINER_ENGINE) manifest add $(IMAGE) containers-storage:localhost/$(IMAGE)-$$arch || exit 1; \
+	done
+	$(CONTAINER_ENGINE) manifest inspect $(IMAGE)
 
 # dist/kubelet-plugin-<version>-<arch>.tar.gz for both arches, and SHA256SUMS.
 # Reproducible: sorted names, root owner, the commit's time, gzip -n.
@@ -225,10 +236,11 @@ release: static
 	rm -rf $(DIST) && mkdir -p $(DIST)/stage
 	@for arch in x86_64 aarch64; do \
 	  name=kubelet-plugin-$(VERSION)-$$arch; d=$(DIST)/stage/$$name; \
-	  mkdir -p $$d/bin $$d/init.d $$d/default $$d/systemd $$d/daemonset $$d/pods || exit 1; \
+	  mkdir -p $$d/bin $$d/init.d $$d/openrc $$d/default $$d/systemd $$d/daemonset $$d/pods || exit 1; \
 	  cp $(TARGET_DIR)/$$arch-unknown-linux-gnu/release/kubelet-plugin \
 	     $(TARGET_DIR)/$$arch-unknown-linux-gnu/release/kubelet-sim $$d/bin/ && \
 	  cp kubelet/init.d/kubelet-plugin $$d/init.d/ && \
+	  cp kubelet/openrc/kubelet-plugin $$d/openrc/ && \
 	  cp kubelet/default/kubelet-plugin $$d/default/ && \
 	  cp kubelet/systemd/kubelet-plugin.service $$d/systemd/ && \
 	  cp kubelet/daemonset/daemonset.yaml kubelet/daemonset/Dockerfile $$d/daemonset/ && \

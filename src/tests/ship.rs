@@ -342,6 +342,35 @@ fn test_systemd_unit_verifies_and_orders_around_the_kubelet() {
 }
 
 #[test]
+fn test_scripts_are_posix_and_shellcheck_clean() {
+    let scripts = [
+        "kubelet/init.d/kubelet-plugin",
+        "kubelet/default/kubelet-plugin",
+        "kubelet/openrc/kubelet-plugin",
+    ];
+    for script in scripts {
+        let path = repo().join(script);
+        for shell in ["dash", "sh"] {
+            let mut syntax = Command::new(shell);
+            syntax.arg("-n").arg(&path);
+            let out = run(syntax);
+            assert!(out.status.success(), "{shell} -n {script}: {}", text(&out));
+        }
+        let mut check = Command::new("shellcheck");
+        check.arg(&path);
+        let out = run(check);
+        assert!(out.status.success(), "shellcheck {script}:\n{}", text(&out));
+    }
+    // The README's inittab line and OpenRC service are these files'.
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    assert!(
+        readme.contains("::respawn:/usr/local/bin/kubelet-plugin run"),
+        "inittab line"
+    );
+    assert!(readme.contains("kubelet/openrc/kubelet-plugin"));
+}
+
+#[test]
 fn test_systemd_is_told_ready_status_and_stopping() {
     for abstract_ns in [false, true] {
         let d = dirs();
@@ -476,11 +505,13 @@ fn test_every_yaml_parses_and_pods_request_what_the_plugin_registers() {
         );
     }
 
-    // The DaemonSet: a node-critical, privileged pod on the host's paths.
+    // The DaemonSet: a node-critical, privileged pod on the host's paths,
+    // without an API token it has no use for.
     let ds = of_kind(&docs, "DaemonSet");
     assert_eq!(ds.len(), 1);
     let spec = &ds[0]["spec"]["template"]["spec"];
     assert_eq!(spec["priorityClassName"], "system-node-critical");
+    assert_eq!(spec["automountServiceAccountToken"], false);
     assert!(!spec["tolerations"].as_sequence().unwrap().is_empty());
     let c = &spec["containers"][0];
     assert_eq!(c["securityContext"]["privileged"], true);
@@ -591,8 +622,9 @@ fn test_daemonset_image_serves_from_a_container() {
     let tmp = d.tmp.path().display();
     let script = format!(
         "mount -t tmpfs none /run && mount -t tmpfs none /var/lib && \
-         {podman} build -q --isolation chroot -f {repo}/kubelet/daemonset/Dockerfile \
-           -t kubelet-plugin:test {b}/context >/dev/null && \
+         {podman} build -q --isolation chroot --platform linux/amd64 \
+           -f {repo}/kubelet/daemonset/Dockerfile -t kubelet-plugin:test {b}/context >/dev/null && \
+         test \"$({podman} image inspect --format '{{{{.Architecture}}}}' kubelet-plugin:test)\" = amd64 && \
          exec {podman} run --rm --network none --privileged --read-only -v {tmp}:{tmp} \
            kubelet-plugin:test {args}",
         repo = repo().display(),
@@ -622,6 +654,29 @@ fn test_daemonset_image_serves_from_a_container() {
     assert!(
         d.dev.join("crand0").exists(),
         "nodes made in the mounted dev dir"
+    );
+    // The manifest's liveness probe, on these dirs, passes against it.
+    let docs = manifests();
+    let probe: Vec<String> = of_kind(&docs, "DaemonSet")[0]["spec"]["template"]["spec"]
+        ["containers"][0]["livenessProbe"]["exec"]["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            a.as_str()
+                .unwrap()
+                .replace("=/var/lib/kubelet/device-plugins", &format!("={}", d.plugin.display()))
+        })
+        .collect();
+    assert_eq!(probe[0], "/kubelet-plugin");
+    assert!(probe.iter().any(|a| a == "--liveness"), "{probe:?}");
+    let mut live = Command::new(plugin_bin());
+    live.args(&probe[1..]);
+    let out = run(live);
+    assert!(
+        out.status.success(),
+        "the liveness probe fails: {}",
+        text(&out)
     );
     container.signal(Signal::SIGTERM);
     let status = container.wait_exit(limit).expect("the container stops");
