@@ -317,14 +317,24 @@ impl Run {
         resource: &str,
         accept: impl Fn(&[(String, String)]) -> bool,
     ) -> Result<Instant, String> {
-        self.sim.wait_for("a device list", WAIT, |ev| match ev {
-            SimEvent::Devices {
-                resource: r,
-                devices,
-                at,
-            } if r == resource && accept(devices) => Some(*at),
-            _ => None,
-        })
+        self.sim
+            .wait_for(
+                &format!("a device list of {resource}"),
+                WAIT,
+                |ev| match ev {
+                    SimEvent::Devices {
+                        resource: r,
+                        devices,
+                        at,
+                    } if r == resource && accept(devices) => Some(*at),
+                    _ => None,
+                },
+            )
+            .map_err(|e| {
+                let log =
+                    std::fs::read_to_string(self.tmp.base.join("plugin.log")).unwrap_or_default();
+                format!("{e}; the plugin's log:\n{log}")
+            })
     }
 
     /// SIGTERM, and the exit status.
@@ -395,10 +405,8 @@ pub fn run(opts: &Options) -> Result<(), String> {
     );
 
     let mut run = Run::start(&opts.plugin_bin, both, with_kvm)?;
-    run.list_at(CRAND, |_| true)?;
-    if with_kvm {
-        run.list_at(KVM, |_| true)?;
-    }
+    let resources: &[&str] = if with_kvm { &[CRAND, KVM] } else { &[CRAND] };
+    run.sim.wait_lists(resources, WAIT)?;
     let sock = run.sim.socket().with_file_name("crand.sock");
 
     // ListAndWatch open to first message, 200 connect/disconnect cycles.
@@ -648,6 +656,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
     run.stop()?;
 
     hot_plug(opts, &mut r)?;
+    with_metrics(opts, both, with_kvm, &mut r)?;
     scale(opts, &mut r)?;
 
     for (name, path) in [
@@ -723,6 +732,61 @@ fn throughput(
 
 /// crand at 10, 100, 1000 and 10,000 devices: start, first list and its
 /// size, a health scan, RSS.
+/// The footprint and idle CPU with both metrics outputs on: the file and
+/// the HTTP endpoint (scraped once, as Prometheus would).
+fn with_metrics(
+    opts: &Options,
+    both: &[&str],
+    with_kvm: bool,
+    r: &mut Report,
+) -> Result<(), String> {
+    progress(&format!("metrics on: idle CPU over {} s", opts.idle_secs));
+    let file =
+        std::env::temp_dir().join(format!("kubelet-plugin-bench-{}.prom", std::process::id()));
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?;
+    let (file_arg, addr_arg) = (file.display().to_string(), addr.to_string());
+    let mut args = both.to_vec();
+    args.extend(["--metrics-file", &file_arg, "--metrics-listen", &addr_arg]);
+    let run = Run::start(&opts.plugin_bin, &args, with_kvm)?;
+    run.list_at(CRAND, |_| true)?;
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut s, &mut body).map_err(|e| e.to_string())?;
+    if !body.starts_with("HTTP/1.1 200") {
+        return Err(format!(
+            "GET /metrics: {}",
+            body.lines().next().unwrap_or_default()
+        ));
+    }
+    let idle = footprint(run.pid());
+    let ticks = cpu_ticks(run.pid());
+    std::thread::sleep(Duration::from_secs(opts.idle_secs));
+    let used = cpu_ticks(run.pid()) - ticks;
+    let pct = used as f64 / clk_tck() / opts.idle_secs as f64 * 100.0;
+    r.num("metrics_idle_rss_kib", idle.rss_kib as f64);
+    r.num("metrics_idle_cpu_percent", pct);
+    r.num("metrics_idle_threads", idle.threads as f64);
+    r.figure(
+        "metrics on (file + endpoint): RSS / threads / idle CPU",
+        format!(
+            "{:.1} MiB / {} / {pct:.2} %",
+            idle.rss_kib as f64 / 1024.0,
+            idle.threads
+        ),
+        "≤ 6 MiB / ≤ 12 / ≤ 0.1 %",
+        Some(idle.rss_kib <= 6 * 1024 && idle.threads <= 12 && pct <= 0.1),
+    );
+    run.stop()?;
+    if file.exists() {
+        return Err(format!("{} left after the plugin stopped", file.display()));
+    }
+    Ok(())
+}
+
 /// A `dev` resource: a node made that matches its pattern -> the list with
 /// the new device received (the CDI spec is written first, inside that
 /// time), `--flips` times, each a new node.

@@ -381,6 +381,28 @@ impl Sim {
         self.wait_devices(resource, timeout, |_| true)
     }
 
+    /// Waits until each of `resources` has sent a device list, in whichever
+    /// order (waiting for one after the other would skip the other's).
+    pub fn wait_lists(&self, resources: &[&str], timeout: Duration) -> Result<(), String> {
+        let mut listed = std::collections::BTreeSet::new();
+        while listed.len() < resources.len() {
+            let r = self.wait_for(
+                &format!("device lists of {resources:?}"),
+                timeout,
+                |ev| match ev {
+                    SimEvent::Devices { resource, .. }
+                        if resources.contains(&resource.as_str()) =>
+                    {
+                        Some(resource.clone())
+                    }
+                    _ => None,
+                },
+            )?;
+            listed.insert(r);
+        }
+        Ok(())
+    }
+
     /// Waits for a device list of `resource` that `accept` takes.
     pub fn wait_devices(
         &self,

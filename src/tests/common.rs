@@ -166,24 +166,7 @@ pub fn output(mut cmd: Command, limit: Duration) -> Output {
 }
 
 /// Waits until each of `resources` has sent a device list, in whichever
-/// order (waiting for one after the other would skip the other's event).
+/// order.
 pub fn wait_lists(sim: &kubelet_plugin::sim::Sim, resources: &[&str], limit: Duration) {
-    let mut listed = std::collections::BTreeSet::new();
-    while listed.len() < resources.len() {
-        let r = sim
-            .wait_for(
-                &format!("device lists of {resources:?}"),
-                limit,
-                |ev| match ev {
-                    kubelet_plugin::sim::SimEvent::Devices { resource, .. }
-                        if resources.contains(&resource.as_str()) =>
-                    {
-                        Some(resource.clone())
-                    }
-                    _ => None,
-                },
-            )
-            .unwrap();
-        listed.insert(r);
-    }
+    sim.wait_lists(resources, limit).unwrap();
 }
