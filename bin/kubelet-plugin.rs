@@ -62,7 +62,7 @@ fn run(args: RunArgs) -> Result<()> {
     let _locks = config
         .plugins
         .iter()
-        .map(|p| lockfile::lock_resource(&config.plugin_dir, p.resource()))
+        .map(|p| lockfile::lock_resource(&config.cdi_dir, p.resource()))
         .collect::<Result<Vec<_>>>()?;
     // Kept (and removed at the end) by the supervisor thread.
     let pid_file = args.pid_file.as_deref().map(PidFile::lock).transpose()?;

@@ -89,9 +89,12 @@ pub enum Command {
 /// unhealthy. Exit 0: all answer, all healthy; 2: none found, or one does
 /// not answer; 3: all answer, some device is unhealthy.
 pub struct StatusArgs {
-    /// where the plugins' locks (and kubelet-sock sockets) are
+    /// where kubelet-sock sockets are
     #[argh(option, default = "PathBuf::from(\"/var/lib/kubelet/device-plugins\")")]
     pub device_plugin_dir: PathBuf,
+    /// where the plugins' resource locks are (their CDI dir)
+    #[argh(option, default = "PathBuf::from(\"/var/run/cdi\")")]
+    pub cdi_dir: PathBuf,
     /// where plugins-registry sockets are
     #[argh(
         option,
@@ -129,6 +132,7 @@ impl StatusArgs {
         };
         Ok(crate::status::Options {
             device_plugin_dir: self.device_plugin_dir.clone(),
+            cdi_dir: self.cdi_dir.clone(),
             plugins_registry_dir: self.plugins_registry_dir.clone(),
             pods: self.pods.then(|| self.pod_resources_socket.clone()),
             json,

@@ -121,10 +121,13 @@ pub fn locked_resources(dir: &Path) -> Vec<String> {
 }
 
 /// The lock of one resource: `<dir>/.kubelet-plugin-<resource>.lock` in
-/// the device plugin dir, the dir every instance serving that kubelet
-/// shares whatever else it is given. Taken before anything is made, so a
-/// refused second instance changes nothing, whether or not a kubelet runs.
-/// It holds the pid of its owner, for the refusal message.
+/// the CDI dir, where the resource's spec goes too, so every instance that
+/// could serve it meets it there. Not in the device plugin dir: the kubelet
+/// (1.32 measured here) deletes every file there when it starts, which would
+/// leave the lock on an unlinked file that keeps no one out. Taken before
+/// anything is made, so a refused second instance changes nothing, whether
+/// or not a kubelet runs. It holds the pid of its owner, for the refusal
+/// message. Dot files are no CDI specs to the runtimes.
 pub fn lock_resource(dir: &Path, resource: &str) -> Result<LockFile> {
     let path = dir.join(format!(
         ".kubelet-plugin-{}.lock",

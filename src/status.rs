@@ -3,9 +3,9 @@
 //! pod holds which device (the kubelet's pod-resources API), for an
 //! operator on a node without kubectl and for scripts (`--output json`).
 //!
-//! Our plugins are found by their resource locks in the device plugin dir
-//! (a lock names its resource, and a socket follows from it in either
-//! registration mode); each answers on its socket through our own status
+//! Our plugins are found by their resource locks in the CDI dir (a lock
+//! names its resource, and a socket follows from it in either registration
+//! mode); each answers on its socket through our own status
 //! service, beside the DevicePlugin service: no network port, no extra
 //! socket, the reasons straight from the device snapshot.
 
@@ -34,8 +34,10 @@ pub const POD_RESOURCES_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.s
 /// What `status` is asked.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Where the locks and, in `kubelet-sock` mode, the sockets are.
+    /// Where the sockets are in `kubelet-sock` mode.
     pub device_plugin_dir: PathBuf,
+    /// Where the plugins' resource locks are.
+    pub cdi_dir: PathBuf,
     /// Where the sockets are in `plugins-registry` mode.
     pub plugins_registry_dir: PathBuf,
     /// Ask the kubelet which pod holds which device, on this socket.
@@ -127,11 +129,11 @@ fn holders(env: &Arc<Environment>, sock: &Path) -> Result<BTreeMap<(String, Stri
 /// Asks every plugin of ours and prints what they say; the outcome, or an
 /// error when there is none or one does not answer.
 pub fn run(opts: &Options) -> Result<Outcome> {
-    let resources = lockfile::locked_resources(&opts.device_plugin_dir);
+    let resources = lockfile::locked_resources(&opts.cdi_dir);
     if resources.is_empty() {
         return Err(Error::Invalid(format!(
             "no kubelet-plugin resources in {} (no resource locks there)",
-            opts.device_plugin_dir.display()
+            opts.cdi_dir.display()
         )));
     }
     let env = Arc::new(EnvBuilder::new().cq_count(1).build());

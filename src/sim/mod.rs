@@ -618,13 +618,17 @@ impl Drop for Sim {
     }
 }
 
-/// Deletes every socket in `dir`, as the kubelet does at start; other files
-/// are kept.
+/// The kubelet's checkpoint in its device plugin dir.
+const CHECKPOINT: &str = "kubelet_internal_checkpoint";
+
+/// Deletes every file in `dir` but the checkpoint, as the kubelet (1.32,
+/// measured) does at start: sockets, and any other file a plugin left
+/// there. Dirs are kept.
 pub fn remove_sockets(dir: &Path) -> Result<(), String> {
     let entries =
         std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
     for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_socket()) {
+        if entry.file_type().is_ok_and(|t| !t.is_dir()) && entry.file_name() != CHECKPOINT {
             let path = entry.path();
             match std::fs::remove_file(&path) {
                 // Its owner may remove it first.

@@ -443,9 +443,7 @@ fn test_second_instance_is_refused_before_any_kubelet_and_after() {
     // and the next start takes it over.
     first.signal(Signal::SIGTERM);
     assert_eq!(first.wait_exit(WAIT).unwrap().code(), Some(0));
-    let lock = d
-        .plugin
-        .join(".kubelet-plugin-github.com.ihcsim_crand.lock");
+    let lock = d.cdi.join(".kubelet-plugin-github.com.ihcsim_crand.lock");
     assert!(!lock.exists(), "lock file left after a clean exit");
     let mut second = start(&d, &["--plugin", "crand"]);
     sim.wait_ready(CRAND, WAIT).unwrap();
@@ -784,6 +782,8 @@ fn test_status_lists_devices_reasons_and_pods_with_exit_codes() {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubelet-plugin"));
         cmd.args(["status", "--device-plugin-dir"])
             .arg(&d.plugin)
+            .arg("--cdi-dir")
+            .arg(&d.cdi)
             .arg("--pod-resources-socket")
             .arg(&pod_sock)
             .args(extra);

@@ -533,6 +533,22 @@ impl Node {
             .count()
     }
 
+    /// `kubelet-plugin status` with `args` on the real default dirs; its
+    /// output (it must not fail to reach every plugin: exit 0 or 3).
+    fn status(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new(plugin_bin());
+        cmd.arg("status").args(args);
+        let out = common::output(cmd, SHORT);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            matches!(out.status.code(), Some(0 | 3)),
+            "status {args:?}: {text}{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.relevant_log()
+        );
+        text
+    }
+
     /// Starts our plugin, the static binary, on the real default dirs.
     fn start_plugin(&mut self, args: &[&str]) {
         assert!(self.plugin.is_none(), "one plugin at a time");
@@ -915,6 +931,14 @@ fn check_health_flip(node: &Node, pod: &str, device: &str, total: usize) {
         LONG,
         || (pod_health(node, pod, CRAND, device)? == "Unhealthy").then_some(()),
     );
+    let status = node.status(&[]);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.trim_start().starts_with(device)
+                && l.contains("Unhealthy missing: node missing")),
+        "{status}"
+    );
     let before = node.count(&processed);
     mknod(&path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), rdev).unwrap();
     node.wait(
@@ -1029,6 +1053,20 @@ fn test_real_node() {
             .any(|l| l == "kvm: /dev/kvm opened read-write"),
         "{kvm_lines:?}"
     );
+
+    // `status --pods` names the pods that hold our devices, from the real
+    // kubelet's pod-resources API.
+    let status = node.status(&["--pods"]);
+    for id in &both_ids {
+        let line = status
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("no {id} in\n{status}"));
+        assert!(
+            line.contains(&format!("pod=default/crand-both-{NODE}/busybox")),
+            "{id}: {line}\n{status}"
+        );
+    }
 
     // 3. The injection modes: each pod gets its nodes by the one way asked.
     for (mode, pod) in [("cdi", "crand-cdi"), ("device-spec", "crand-spec")] {

@@ -406,7 +406,7 @@ fn test_systemd_is_told_ready_status_and_stopping() {
         while next() != "STATUS=crand registered" {}
         p.signal(Signal::SIGTERM);
         assert_eq!(next(), "STOPPING=1\nSTATUS=shutting down");
-        assert_eq!(p.wait_exit(WAIT).unwrap().code(), Some(0));
+        assert_eq!(p.wait_exit(WAIT).unwrap().code(), Some(0), "{}", p.log());
     }
 }
 
@@ -666,6 +666,7 @@ fn test_daemonset_image_serves_from_a_container() {
             a.as_str()
                 .unwrap()
                 .replace("=/var/lib/kubelet/device-plugins", &format!("={}", d.plugin.display()))
+                .replace("=/var/run/cdi", &format!("={}", d.cdi.display()))
         })
         .collect();
     assert_eq!(probe[0], "/kubelet-plugin");
