@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use kubelet_plugin::{
     cli::{self, Cli, Command, RunArgs},
     error::{Error, Result, chain},
-    lockfile::{self, PidFile},
+    lockfile::PidFile,
     supervisor::Supervisor,
 };
 use simplelog::{ConfigBuilder, LevelFilter, ThreadLogMode, WriteLogger};
@@ -57,14 +57,8 @@ fn run(args: RunArgs) -> Result<()> {
 
     let config = args.config()?;
     cli::prepare_dirs(&config)?;
-    // Locked before anything is made, so a refused second instance changes
-    // nothing, whether a kubelet runs or not; released (and removed) at exit.
-    let _locks = config
-        .plugins
-        .iter()
-        .map(|p| lockfile::lock_resource(&config.cdi_dir, p.resource()))
-        .collect::<Result<Vec<_>>>()?;
-    // Kept (and removed at the end) by the supervisor thread.
+    // The supervisor takes each resource's lock before it makes anything.
+    // The pid file: kept (and removed at the end) by the supervisor thread.
     let pid_file = args.pid_file.as_deref().map(PidFile::lock).transpose()?;
     let result = std::thread::Builder::new()
         .name("supervisor".into())

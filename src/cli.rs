@@ -11,7 +11,7 @@ use crate::{
     error::{Error, Result},
     health::POLL_INTERVAL,
     plugin::{self, Flags, Injection},
-    supervisor::{self, Config, RegistrationMode},
+    supervisor::{self, Config, RegistrationMode, Reload},
 };
 
 /// Parses the process's arguments like `argh::from_env`, but also takes
@@ -26,7 +26,22 @@ pub fn from_env<T: argh::TopLevelCommand>() -> T {
         .and_then(|n| n.to_str())
         .unwrap_or("kubelet-plugin")
         .to_string();
-    let args = split_equals(args.into_iter().skip(1));
+    let mut args = split_equals(args.into_iter().skip(1));
+    // `run --config FILE`: the file's flags come first, as if typed.
+    if args.first().is_some_and(|a| a == "run")
+        && let Some(i) = args.iter().position(|a| a == "--config")
+        && let Some(file) = args.get(i + 1)
+    {
+        match config_args(std::path::Path::new(file)) {
+            Ok(more) => {
+                args.splice(1..1, more);
+            }
+            Err(e) => {
+                eprintln!("{cmd}: error: {e}");
+                std::process::exit(2)
+            }
+        }
+    }
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
     T::from_args(&[&cmd], &strs).unwrap_or_else(|early| match early.status {
         Ok(()) => {
@@ -41,6 +56,44 @@ pub fn from_env<T: argh::TopLevelCommand>() -> T {
             std::process::exit(1)
         }
     })
+}
+
+/// The flags of a `--config` file: one `--flag value` (or `--flag=value`,
+/// or a switch) per line, words split at white space; blank lines and
+/// lines starting with `#` are skipped. A value cannot hold a space.
+pub fn config_args(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Invalid(format!("--config {}: {e}", path.display())))?;
+    let mut args = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let words: Vec<String> = line.split_whitespace().map(String::from).collect();
+        if !words[0].starts_with("--")
+            || words[0] == "--config"
+            || words[0].starts_with("--config=")
+        {
+            return Err(Error::Invalid(format!(
+                "--config {}: line {}: {line:?} is not a `--flag value` line",
+                path.display(),
+                n + 1
+            )));
+        }
+        args.extend(split_equals(words.into_iter()));
+    }
+    Ok(args)
+}
+
+/// The `--device` values of a `--config` file.
+pub fn config_devices(path: &std::path::Path) -> Result<Vec<String>> {
+    let args = config_args(path)?;
+    Ok(args
+        .windows(2)
+        .filter(|w| w[0] == "--device")
+        .map(|w| w[1].clone())
+        .collect())
 }
 
 /// `--flag=value` -> `--flag`, `value`; everything after `--` is left alone.
@@ -265,6 +318,10 @@ pub struct RunArgs {
     /// /metrics, GET /healthz
     #[argh(option)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// a file of `--flag value` lines, read first as if they were typed;
+    /// its `--device` lines are read again at SIGHUP
+    #[argh(option)]
+    pub config: Option<PathBuf>,
 }
 
 /// The value of `--registration`.
@@ -402,7 +459,34 @@ impl RunArgs {
                 file: self.metrics_file.clone(),
                 listen: self.metrics_listen,
             },
+            reload: self.reload()?,
         })
+    }
+
+    /// With `--config`: what SIGHUP builds, the `dev` plugins of the
+    /// file's `--device` lines as they are then (those of the command line
+    /// stay as they are). The rest of the flags need a restart.
+    fn reload(&self) -> Result<Option<Reload>> {
+        let Some(path) = self.config.clone() else {
+            return Ok(None);
+        };
+        let (domain, dev_dir) = (self.resource_domain.clone(), self.dev_dir.clone());
+        let build = move |devices: &[String]| {
+            plugin::build(&Flags {
+                plugins: &[plugin::NO_PLUGIN.to_string()],
+                devices,
+                domain: &domain,
+                dev_dir: &dev_dir,
+                crand_count: 1,
+                kvm_count: 1,
+            })
+        };
+        // Which plugins of the start are the file's: built again from it.
+        let now = build(&config_devices(&path)?)?;
+        Ok(Some(Reload {
+            from_file: now.iter().map(|p| p.identity()).collect(),
+            load: Box::new(move || build(&config_devices(&path)?)),
+        }))
     }
 }
 

@@ -747,6 +747,9 @@ fn run_args(r: &cli::RunArgs) -> Vec<String> {
     if let Some(a) = &r.metrics_listen {
         args.push(format!("--metrics-listen={a}"));
     }
+    if let Some(c) = &r.config {
+        args.push(format!("--config={}", c.display()));
+    }
     args
 }
 

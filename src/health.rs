@@ -83,32 +83,38 @@ pub struct Setup {
     pub events: Sender<Event>,
     /// Told of every health change.
     pub metrics: Arc<Metrics>,
+    /// A new plugin list (after a config reload), taken at the next kick.
+    pub plans: crossbeam_channel::Receiver<Vec<Watched>>,
 }
 
 /// Runs the health loop until the watch's stopper is dropped. A kick of
 /// the watch ([`crate::dirwatch::Kicker`], at SIGHUP) drops the devices
 /// whose node is gone and probes everything.
-pub fn run(plugins: Vec<Watched>, setup: Setup) -> Result<(), String> {
+pub fn run(mut plugins: Vec<Watched>, setup: Setup) -> Result<(), String> {
     let Setup {
         mut watch,
         interval,
         cdi_dir,
         events,
         metrics,
+        plans,
     } = setup;
     // The specs written at start are for these versions.
     let mut versions: Vec<u64> = plugins.iter().map(|(p, _)| p.nodes_version()).collect();
-    let subdirs: Vec<PathBuf> = plugins
-        .iter()
-        .flat_map(|(p, _)| p.watch_dirs())
-        .filter(|d| !d.as_os_str().is_empty())
-        .collect();
-    let watch_subdirs = |watch: &mut DirWatch| {
-        for d in &subdirs {
+    let subdirs = |plugins: &[Watched]| -> Vec<PathBuf> {
+        plugins
+            .iter()
+            .flat_map(|(p, _)| p.watch_dirs())
+            .filter(|d| !d.as_os_str().is_empty())
+            .collect()
+    };
+    let mut dirs = subdirs(&plugins);
+    let watch_subdirs = |watch: &mut DirWatch, dirs: &[PathBuf]| {
+        for d in dirs {
             watch.watch_sub(DEV_DIR, d);
         }
     };
-    watch_subdirs(&mut watch);
+    watch_subdirs(&mut watch, &dirs);
     loop {
         // The entries that changed; `None`: check everything.
         let changed: Option<Vec<PathBuf>> =
@@ -119,6 +125,12 @@ pub fn run(plugins: Vec<Watched>, setup: Setup) -> Result<(), String> {
                     None
                 }
                 Wake::Kicked => {
+                    if let Some(plan) = plans.try_iter().last() {
+                        // Their specs are written: the versions are current.
+                        versions = plan.iter().map(|(p, _)| p.nodes_version()).collect();
+                        plugins = plan;
+                        dirs = subdirs(&plugins);
+                    }
                     plugins.iter().for_each(|(p, _)| p.forget_missing());
                     None
                 }
@@ -141,7 +153,7 @@ pub fn run(plugins: Vec<Watched>, setup: Setup) -> Result<(), String> {
                 }
             };
         // A dir a pattern reaches into may have just appeared.
-        watch_subdirs(&mut watch);
+        watch_subdirs(&mut watch, &dirs);
         for (i, (plugin, snapshot)) in plugins.iter().enumerate() {
             let last = snapshot.get();
             let Some(now) = probe(plugin.as_ref(), &last, changed.as_deref()) else {

@@ -107,6 +107,13 @@ impl Metrics {
         self.update(|s| Metrics::resource(s, resource).snapshot = Some(snapshot));
     }
 
+    /// A plugin no longer run: its figures go.
+    pub fn remove_resource(&self, resource: &str) {
+        self.update(|s| {
+            s.resources.remove(resource);
+        });
+    }
+
     /// A registration the kubelet accepted.
     pub fn registered(&self, resource: &str) {
         self.update(|s| Metrics::resource(s, resource).registrations += 1);

@@ -37,9 +37,10 @@ use crate::{
     event::{Event, SignalAction},
     health,
     kubelet::{self, KUBELET_SOCKET, SocketId},
+    lockfile::{self, LockFile},
     metrics::{self, Exporter, Metrics},
     notify::Notifier,
-    plugin::{Injection, Plugin},
+    plugin::{Injection, Plugin, Plugins},
     server::{self, Gate, RegistrationService, Service, StatusService, StreamChange, Streams},
     signals,
     thread::spawn_named,
@@ -125,6 +126,25 @@ pub struct Config {
     pub register_timeout: Duration,
     /// Where the metrics go (none: nowhere, and no `metrics` thread).
     pub metrics: metrics::Outputs,
+    /// With `--config`: how SIGHUP reloads the file's `dev` resources.
+    pub reload: Option<Reload>,
+}
+
+/// How SIGHUP reloads the `dev` resources of the `--config` file.
+pub struct Reload {
+    /// The identities ([`Plugin::identity`]) of the plugins at start that
+    /// come from the file (a reload may remove those only).
+    pub from_file: Vec<String>,
+    /// Builds the file's plugins as it is now.
+    pub load: Box<dyn Fn() -> Result<Plugins> + Send>,
+}
+
+impl fmt::Debug for Reload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reload")
+            .field("from_file", &self.from_file)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where a plugin is in its life; each state says what it waits for.
@@ -148,6 +168,8 @@ pub enum State {
     /// Registered, but the kubelet closed its last ListAndWatch stream:
     /// registers again at the instant unless the kubelet opens a new one.
     StreamGrace(Instant),
+    /// No longer configured (a config reload): unregistered, for good.
+    Removed,
 }
 
 impl State {
@@ -169,6 +191,7 @@ impl fmt::Display for State {
             State::Registered => "registered",
             State::BackingOff(_) => "backing off",
             State::StreamGrace(_) => "stream lost",
+            State::Removed => "removed",
         })
     }
 }
@@ -185,6 +208,10 @@ struct Live {
 /// A plugin and where it is in its life.
 struct Slot {
     plugin: Arc<dyn Plugin>,
+    /// Its resource lock, held while it runs.
+    lock: Option<LockFile>,
+    /// A `dev` plugin of the `--config` file: a reload may remove it.
+    reloadable: bool,
     socket: PathBuf,
     /// The device list; written by the health thread only.
     snapshot: Arc<Watch<Vec<Device>>>,
@@ -246,6 +273,56 @@ impl Slot {
     }
 }
 
+/// Takes `plugin`'s resource lock, prepares it (makes its nodes), probes its
+/// devices once (the first ListAndWatch message is then ready before any
+/// server starts) and writes its CDI spec: a slot ready to serve.
+fn make_slot(
+    cfg: &Config,
+    metrics: &Metrics,
+    plugin: Arc<dyn Plugin>,
+    reloadable: bool,
+) -> Result<Slot> {
+    // Before anything is made: a refused second instance changes nothing.
+    let lock = lockfile::lock_resource(&cfg.cdi_dir, plugin.resource())?;
+    let socket = socket_path(&cfg.registration, &cfg.plugin_dir, plugin.as_ref());
+    // Binding would silently take the socket from a live server.
+    if server::socket_answers(&socket) {
+        return Err(Error::Busy(format!(
+            "another process is serving on {}: refusing to take its socket",
+            socket.display()
+        )));
+    }
+    plugin.prepare()?;
+    // The probe finds a dev plugin's devices, which its spec lists.
+    let devices = plugin.probe();
+    // Before any Register: the kubelet may hand our CDI names to the
+    // runtime at once, and they must resolve.
+    let spec = cdi::write(&cfg.cdi_dir, plugin.as_ref())?;
+    log::info!(
+        "CDI spec written resource={} path={}",
+        plugin.resource(),
+        spec.display()
+    );
+    let snapshot = Watch::new(devices);
+    metrics.add_resource(plugin.resource(), snapshot.clone());
+    Ok(Slot {
+        socket,
+        snapshot,
+        plugin,
+        lock: Some(lock),
+        reloadable,
+        state: State::Idle,
+        shown: Arc::new(Mutex::new(State::Idle)),
+        generation: 0,
+        live: None,
+        kubelet: None,
+        call: None,
+        started: Instant::now(),
+        backoff: BACKOFF_MIN,
+        streams: 0,
+    })
+}
+
 /// The supervisor: build with [`Supervisor::new`], then [`Supervisor::run`].
 pub struct Supervisor {
     cfg: Config,
@@ -262,6 +339,9 @@ pub struct Supervisor {
     notifier: Notifier,
     ready: bool,
     told: String,
+    /// The health thread's plugin list, sent anew after a config reload.
+    replan: Sender<Vec<health::Watched>>,
+    plans: Option<Receiver<Vec<health::Watched>>>,
 }
 
 impl Supervisor {
@@ -275,47 +355,20 @@ impl Supervisor {
         } else {
             None
         };
-        let mut slots = Vec::new();
-        for plugin in &cfg.plugins {
-            let socket = socket_path(&cfg.registration, &cfg.plugin_dir, plugin.as_ref());
-            // Binding would silently take the socket from a live server.
-            if server::socket_answers(&socket) {
-                return Err(Error::Busy(format!(
-                    "another process is serving on {}: refusing to take its socket",
-                    socket.display()
-                )));
-            }
-            plugin.prepare()?;
-            // The probe finds a dev plugin's devices, which its spec lists.
-            let devices = plugin.probe();
-            // Before any Register: the kubelet may hand our CDI names to the
-            // runtime at once, and they must resolve.
-            let spec = cdi::write(&cfg.cdi_dir, plugin.as_ref())?;
-            log::info!(
-                "CDI spec written resource={} path={}",
-                plugin.resource(),
-                spec.display()
-            );
-            let snapshot = Watch::new(devices);
-            metrics.add_resource(plugin.resource(), snapshot.clone());
-            slots.push(Slot {
-                socket,
-                snapshot,
-                plugin: plugin.clone(),
-                state: State::Idle,
-                shown: Arc::new(Mutex::new(State::Idle)),
-                generation: 0,
-                live: None,
-                kubelet: None,
-                call: None,
-                started: Instant::now(),
-                backoff: BACKOFF_MIN,
-                streams: 0,
-            });
-        }
+        let from_file = |p: &Arc<dyn Plugin>| {
+            cfg.reload
+                .as_ref()
+                .is_some_and(|r| r.from_file.contains(&p.identity()))
+        };
+        let slots = cfg
+            .plugins
+            .iter()
+            .map(|p| make_slot(&cfg, &metrics, p.clone(), from_file(p)))
+            .collect::<Result<Vec<_>>>()?;
         // One completion queue: one poll thread serves every plugin.
         let env = Arc::new(EnvBuilder::new().cq_count(1).name_prefix("grpc").build());
         let (events, inbox) = unbounded();
+        let (replan, plans) = unbounded();
         Ok(Supervisor {
             cfg,
             env,
@@ -328,6 +381,8 @@ impl Supervisor {
             notifier: Notifier::from_env(),
             ready: false,
             told: String::new(),
+            replan,
+            plans: Some(plans),
         })
     }
 
@@ -369,18 +424,24 @@ impl Supervisor {
         result.and(joined)
     }
 
-    fn spawn_health(&self, watch: DirWatch) -> Result<JoinHandle<()>> {
-        let plugins = self
-            .slots
+    /// The plugins the health thread probes: every one not removed.
+    fn watched(&self) -> Vec<health::Watched> {
+        self.slots
             .iter()
+            .filter(|s| s.state != State::Removed)
             .map(|s| (s.plugin.clone(), s.snapshot.clone()))
-            .collect();
+            .collect()
+    }
+
+    fn spawn_health(&mut self, watch: DirWatch) -> Result<JoinHandle<()>> {
+        let plugins = self.watched();
         let setup = health::Setup {
             watch,
             interval: self.cfg.poll_interval,
             cdi_dir: self.cfg.cdi_dir.clone(),
             events: self.events.clone(),
             metrics: self.metrics.clone(),
+            plans: self.plans.take().expect("the health thread starts once"),
         };
         spawn_named("health", self.events.clone(), move || {
             health::run(plugins, setup)
@@ -410,6 +471,7 @@ impl Supervisor {
                     return Ok(());
                 }
                 Some(Event::Signal(SignalAction::Reregister)) => {
+                    self.reload();
                     health.kick();
                     self.reconcile_all(true);
                 }
@@ -438,6 +500,77 @@ impl Supervisor {
         }
     }
 
+    /// SIGHUP with `--config`: the `dev` resources of the file as it is now
+    /// replace those of before: one no longer there (or changed) is
+    /// unregistered (streams ended, socket removed, lock released), a new one
+    /// is prepared and served like at start. A file that does not parse, or
+    /// a resource that clashes with one of the command line, changes nothing.
+    fn reload(&mut self) {
+        let Some(reload) = &self.cfg.reload else {
+            return;
+        };
+        let wanted = match (reload.load)() {
+            Ok(w) => w,
+            Err(e) => {
+                log::error!("config not reloaded: {}", chain(&e));
+                return;
+            }
+        };
+        let fixed: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|s| !s.reloadable && s.state != State::Removed)
+            .map(|s| s.resource().to_string())
+            .collect();
+        if let Some(clash) = wanted
+            .iter()
+            .find(|p| fixed.iter().any(|f| f == p.resource()))
+        {
+            log::error!(
+                "config not reloaded: {} is also given on the command line",
+                clash.resource()
+            );
+            return;
+        }
+        let keep: Vec<String> = wanted.iter().map(|p| p.identity()).collect();
+        for slot in &mut self.slots {
+            if slot.reloadable
+                && slot.state != State::Removed
+                && !keep.contains(&slot.plugin.identity())
+            {
+                log::info!(
+                    "resource no longer configured; unregistering resource={}",
+                    slot.resource()
+                );
+                slot.teardown("resource no longer configured");
+                // Answers for the old server are stale from now on.
+                slot.generation += 1;
+                slot.lock = None;
+                slot.set(State::Removed);
+                self.metrics.remove_resource(slot.resource());
+            }
+        }
+        let have: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|s| s.state != State::Removed)
+            .map(|s| s.plugin.identity())
+            .collect();
+        for plugin in wanted.into_iter().filter(|p| !have.contains(&p.identity())) {
+            match make_slot(&self.cfg, &self.metrics, plugin.clone(), true) {
+                Ok(slot) => {
+                    log::info!(
+                        "resource added by the config resource={}",
+                        plugin.resource()
+                    );
+                    self.slots.push(slot);
+                }
+                Err(e) => log::error!("cannot add resource={}: {}", plugin.resource(), chain(&e)),
+            }
+        }
+        let _ = self.replan.send(self.watched());
+    }
+
     /// Tells systemd: READY=1 once no plugin is still starting (each
     /// serves, waits for the kubelet or retries; never after registration,
     /// since the unit starts before the kubelet and that would deadlock the
@@ -451,6 +584,7 @@ impl Supervisor {
         let status: Vec<String> = self
             .slots
             .iter()
+            .filter(|s| s.state != State::Removed)
             .map(|s| format!("{} {}", s.plugin.name(), s.state))
             .collect();
         let status = status.join(", ");
@@ -504,6 +638,9 @@ impl Supervisor {
             .then(|| kubelet::socket_id(&kubelet_sock))
             .flatten();
         let slot = &mut self.slots[i];
+        if slot.state == State::Removed {
+            return;
+        }
         if by_kubelet_sock && kubelet.is_none() {
             if slot.state != State::WaitingForKubelet {
                 // Something that is not a socket cannot be dialled: say so,

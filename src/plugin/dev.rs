@@ -522,6 +522,10 @@ impl Plugin for Dev {
     fn watch_dirs(&self) -> Vec<PathBuf> {
         self.spec.dir.ancestors().map(Path::to_path_buf).collect()
     }
+
+    fn identity(&self) -> String {
+        format!("{}={:?}", self.resource, self.spec)
+    }
 }
 
 #[cfg(test)]

@@ -98,6 +98,12 @@ pub trait Plugin: Send + Sync + fmt::Debug {
     fn watch_dirs(&self) -> Vec<PathBuf> {
         Vec::new()
     }
+    /// What the plugin was built from, to tell at a config reload whether a
+    /// resource of the same name is still the same: by default its
+    /// resource.
+    fn identity(&self) -> String {
+        self.resource().to_string()
+    }
     /// The socket file name in the device plugin dir.
     fn socket_name(&self) -> String {
         format!("{}.sock", self.name())

@@ -410,3 +410,91 @@ fn test_every_dev_spec_resolves_with_the_cdi_library() {
         ]
     );
 }
+
+#[test]
+fn test_sighup_reloads_the_device_flags_of_the_config_file() {
+    let d = dirs();
+    char_node(&d, "ttyUSB0");
+    char_node(&d, "fuse");
+    let config = d.tmp.path().join("kubelet-plugin.conf");
+    std::fs::write(
+        &config,
+        "# the serial adapter\n--device serial=ttyUSB*\n\n--log-level=debug\n",
+    )
+    .unwrap();
+    let sim = Sim::start(&d.plugin).unwrap();
+    let mut cmd = common::plugin_cmd(
+        env!("CARGO_BIN_EXE_kubelet-plugin"),
+        &d,
+        &["--plugin", "none", "--config", config.to_str().unwrap()],
+    );
+    let p = Plugin::spawn(&mut cmd);
+    sim.wait_ready(SERIAL, WAIT).unwrap();
+    assert!(
+        p.log().contains("[DEBUG]"),
+        "the file's --log-level applies"
+    );
+    assert!(d.plugin.join("serial.sock").exists());
+
+    // serial goes, fuse comes: one SIGHUP, no restart.
+    std::fs::write(&config, "--device fuse=fuse:2\n").unwrap();
+    p.signal(Signal::SIGHUP);
+    // The old one goes first, then the new one registers.
+    sim.wait_for("serial's stream to end", WAIT, |ev| {
+        matches!(ev, kubelet_plugin::sim::SimEvent::StreamEnded { resource, .. } if resource == SERIAL)
+            .then_some(())
+    })
+    .unwrap();
+    let fuse = "github.com.ihcsim/fuse";
+    let listed = sim.wait_ready(fuse, WAIT).unwrap();
+    assert_eq!(ids(&listed), ["fuse-0", "fuse-1"]);
+    assert!(
+        !d.plugin.join("serial.sock").exists(),
+        "unregistered: socket removed"
+    );
+    assert!(
+        !d.cdi
+            .join(".kubelet-plugin-github.com.ihcsim_serial.lock")
+            .exists()
+    );
+    assert!(
+        p.log().contains("resource no longer configured"),
+        "{}",
+        p.log()
+    );
+
+    // A file that does not parse changes nothing.
+    std::fs::write(&config, "--device =broken\n").unwrap();
+    p.signal(Signal::SIGHUP);
+    let deadline = Instant::now() + WAIT;
+    while !p.log().contains("config not reloaded") {
+        assert!(Instant::now() < deadline, "{}", p.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    sim.wait_ready(fuse, WAIT).unwrap();
+    sim.allocate(fuse, &["fuse-1".into()]).unwrap();
+}
+
+#[test]
+fn test_a_bad_config_file_is_one_clear_line() {
+    let d = dirs();
+    let config = d.tmp.path().join("c.conf");
+    for (text, want) in [
+        (None, "No such file"),
+        (Some("serial=ttyUSB*\n"), "line 1"),
+        (Some("--device =x\n"), "empty NAME"),
+    ] {
+        if let Some(text) = text {
+            std::fs::write(&config, text).unwrap();
+        }
+        let cmd = common::plugin_cmd(
+            env!("CARGO_BIN_EXE_kubelet-plugin"),
+            &d,
+            &["--plugin", "none", "--config", config.to_str().unwrap()],
+        );
+        let out = common::output(cmd, WAIT);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(want), "{err}");
+    }
+}
