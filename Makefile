@@ -219,7 +219,7 @@ image: static
 	rm -rf $(TARGET_DIR)/image && mkdir -p $(TARGET_DIR)/image/amd64 $(TARGET_DIR)/image/arm64
 	cp $(STATIC_X86_64)/kubelet-plugin $(TARGET_DIR)/image/amd64/
 	cp $(STATIC_AARCH64)/kubelet-plugin $(TARGET_DIR)/image/arm64/
-	-$(CONTAINER_ENGINE) manifest rm $(IMAGE) >/dev/null 2>&1
+	@$(CONTAINER_ENGINE) manifest rm $(IMAGE) >/dev/null 2>&1 || true
 	$(CONTAINER_ENGINE) manifest create $(IMAGE)
 	@for arch in $(IMAGE_ARCHES); do \
 	  $(CONTAINER_ENGINE) build --platform linux/$$arch --build-arg TARGETARCH=$$arch \

@@ -3,14 +3,13 @@
 //!
 //! Runtimes watch that dir and may read a file while it is written, so the
 //! spec goes to a temp file whose name does not end in `.json`, is synced,
-//! then renamed over the target. Specs stay at shutdown: the kubelet replays
-//! old Allocate answers when containers restart.
+//! then renamed over the target ([`crate::atomic`]). Specs stay at
+//! shutdown: the kubelet replays old Allocate answers when containers
+//! restart.
 
 use std::{
     fmt::Write as _,
-    fs::{self, File, OpenOptions},
-    io::Write as _,
-    os::unix::fs::OpenOptionsExt,
+    fs,
     path::{Path, PathBuf},
 };
 
@@ -81,24 +80,7 @@ pub fn write(dir: &Path, plugin: &dyn Plugin) -> Result<PathBuf> {
     if fs::read(&path).is_ok_and(|old| old == spec.as_bytes()) {
         return Ok(path);
     }
-    // Not ending in .json: runtimes ignore it until the rename.
-    let tmp = dir.join(format!(".{}.tmp", file_name(plugin)));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-        f.write_all(spec.as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io("write CDI spec", &path, e));
-    }
+    crate::atomic::write(&path, spec.as_bytes(), true)
+        .map_err(|e| Error::io("write CDI spec", &path, e))?;
     Ok(path)
 }

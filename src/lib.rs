@@ -36,6 +36,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod atomic;
 pub mod cdi;
 pub mod cli;
 pub mod device;

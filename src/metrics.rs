@@ -24,7 +24,7 @@ use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
     os::fd::{AsFd, OwnedFd},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
@@ -381,7 +381,8 @@ impl Exporter {
         loop {
             if dirty && last_write.is_none_or(|t| t.elapsed() >= MIN_GAP) {
                 if let Some(file) = &self.file {
-                    match write_atomically(file, &self.metrics.render()) {
+                    // Not synced: the file is rewritten on the next change.
+                    match crate::atomic::write(file, self.metrics.render().as_bytes(), false) {
                         Ok(()) => {}
                         Err(e) => log::warn!("cannot write {}: {e}", file.display()),
                     }
@@ -434,30 +435,6 @@ impl Exporter {
             }
         }
     }
-}
-
-/// Writes `text` to a temp file beside `path` (a dot name without `.prom`,
-/// which the textfile collector skips), mode 0644, then renames it over
-/// `path`.
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-        f.write_all(text.as_bytes())?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// One HTTP/1.x exchange: `GET /metrics` and `GET /healthz` are answered,

@@ -311,18 +311,8 @@ impl Sim {
             shared: self.shared.clone(),
             jobs: self.jobs.clone().expect("jobs open while running"),
         };
-        let mut server = ServerBuilder::new(self.shared.env.clone())
-            .register_service(api_grpc::create_registration(service))
-            .build()
-            .map_err(|e| format!("cannot build the Registration server: {e}"))?;
-        server
-            .add_listening_port(
-                format!("unix:{}", path.display()),
-                ServerCredentials::insecure(),
-            )
-            .map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
-        server.start();
-        self.server = Some(server);
+        let service = api_grpc::create_registration(service);
+        self.server = Some(serve_on(&self.shared.env, service, &path)?);
         Ok(())
     }
 
@@ -477,20 +467,9 @@ impl Sim {
     /// Serves the kubelet's pod-resources API (`v1.PodResourcesLister`) on
     /// the unix socket `path`, from [`Sim::allocate_for`]'s allocations.
     pub fn serve_pod_resources(&mut self, path: &Path) -> Result<(), String> {
-        let mut server = ServerBuilder::new(self.shared.env.clone())
-            .register_service(podresources_grpc::create_pod_resources_lister(
-                PodResources(self.shared.clone()),
-            ))
-            .build()
-            .map_err(|e| format!("cannot build the pod-resources server: {e}"))?;
-        server
-            .add_listening_port(
-                format!("unix:{}", path.display()),
-                ServerCredentials::insecure(),
-            )
-            .map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
-        server.start();
-        self.pod_resources = Some(server);
+        let service =
+            podresources_grpc::create_pod_resources_lister(PodResources(self.shared.clone()));
+        self.pod_resources = Some(serve_on(&self.shared.env, service, path)?);
         Ok(())
     }
 
@@ -616,6 +595,26 @@ impl Drop for Sim {
             let _ = w.join();
         }
     }
+}
+
+/// Serves `service` on the unix socket `path`.
+fn serve_on(
+    env: &Arc<Environment>,
+    service: grpcio::Service,
+    path: &Path,
+) -> Result<Server, String> {
+    let mut server = ServerBuilder::new(env.clone())
+        .register_service(service)
+        .build()
+        .map_err(|e| format!("cannot build the server for {}: {e}", path.display()))?;
+    server
+        .add_listening_port(
+            format!("unix:{}", path.display()),
+            ServerCredentials::insecure(),
+        )
+        .map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
+    server.start();
+    Ok(server)
 }
 
 /// The kubelet's checkpoint in its device plugin dir.
