@@ -929,14 +929,14 @@ impl Supervisor {
     /// exit an error.
     fn join(&self, joins: Vec<JoinHandle<()>>, threads: usize) -> Result<()> {
         let deadline = Instant::now() + JOIN_TIMEOUT;
-        let mut ended = 0;
-        while ended < threads {
+        let mut ended = Vec::new();
+        while ended.len() < threads {
             match self.inbox.recv_deadline(deadline) {
                 Ok(Event::ThreadExited { name, result }) => {
-                    ended += 1;
                     if let Err(e) = result {
                         log::warn!("thread {name} ended: {e}");
                     }
+                    ended.push(name);
                 }
                 Ok(_) => {}
                 Err(_) => break,
@@ -944,10 +944,13 @@ impl Supervisor {
         }
         let mut stuck = Vec::new();
         for j in joins {
-            if j.is_finished() {
+            let name = j.thread().name().unwrap_or("?").to_string();
+            // A thread that said it ended is returning: join it. (It may not
+            // count as finished yet, a moment after it said so.)
+            if ended.contains(&name) || j.is_finished() {
                 let _ = j.join();
             } else {
-                stuck.push(j.thread().name().unwrap_or("?").to_string());
+                stuck.push(name);
             }
         }
         if stuck.is_empty() {
