@@ -92,6 +92,20 @@ impl Plugin {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits at most `limit` for the log to hold `what`: it comes through
+    /// a pipe and a reader thread, a moment after the plugin wrote it.
+    pub fn wait_log(&self, what: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.log().contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what:?} in the log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     pub fn threads(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/task", self.child.id()))
             .unwrap()

@@ -123,11 +123,9 @@ fn test_hot_plug_spec_first_then_list_then_unhealthy_and_back() {
         .wait_devices(SERIAL, WAIT, |l| l.len() == 1 && l[0].1 == "Unhealthy")
         .unwrap();
     assert_eq!(ids(&gone), ["ttyACM0"]);
-    assert!(
-        p.log()
-            .contains("device=ttyACM0 Unhealthy reason=missing why=\"node missing\""),
-        "{}",
-        p.log()
+    p.wait_log(
+        "device=ttyACM0 Unhealthy reason=missing why=\"node missing\"",
+        WAIT,
     );
     let err = sim.allocate(SERIAL, &["ttyACM0".into()]).unwrap_err();
     assert!(err.contains("unhealthy: node missing"), "{err}");
@@ -430,10 +428,8 @@ fn test_sighup_reloads_the_device_flags_of_the_config_file() {
     );
     let p = Plugin::spawn(&mut cmd);
     sim.wait_ready(SERIAL, WAIT).unwrap();
-    assert!(
-        p.log().contains("[DEBUG]"),
-        "the file's --log-level applies"
-    );
+    // The file's --log-level applies.
+    p.wait_log("[DEBUG]", WAIT);
     assert!(d.plugin.join("serial.sock").exists());
 
     // serial goes, fuse comes: one SIGHUP, no restart.
@@ -457,11 +453,7 @@ fn test_sighup_reloads_the_device_flags_of_the_config_file() {
             .join(".kubelet-plugin-github.com.ihcsim_serial.lock")
             .exists()
     );
-    assert!(
-        p.log().contains("resource no longer configured"),
-        "{}",
-        p.log()
-    );
+    p.wait_log("resource no longer configured", WAIT);
 
     // A file that does not parse changes nothing.
     std::fs::write(&config, "--device =broken\n").unwrap();

@@ -184,7 +184,7 @@ fn test_bad_allocations_fail_and_the_server_keeps_serving() {
         resp.container_responses[0].cdi_devices[0].name,
         "github.com.ihcsim/crand=crand0"
     );
-    assert!(p.log().contains("allocate refused"), "{}", p.log());
+    wait_log(&p, "allocate refused");
 }
 
 #[test]
@@ -401,7 +401,7 @@ fn test_restart_after_kill_9_in_the_same_dirs() {
     );
     let p2 = start(&d, &["--plugin", "crand"]);
     sim.wait_ready(CRAND, WAIT).unwrap();
-    assert!(p2.log().contains("removed stale socket"), "{}", p2.log());
+    wait_log(&p2, "removed stale socket");
 }
 
 #[test]
@@ -771,7 +771,7 @@ fn test_registers_again_when_the_kubelet_drops_the_stream() {
     sim.wait_ready(CRAND, WAIT).unwrap();
     assert!(sim.disconnect(CRAND));
     sim.wait_ready(CRAND, WAIT).unwrap();
-    assert!(p.log().contains("ListAndWatch not reopened"), "{}", p.log());
+    wait_log(&p, "ListAndWatch not reopened");
 }
 
 #[test]
