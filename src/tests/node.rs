@@ -908,23 +908,33 @@ fn pod_health(node: &Node, pod: &str, resource: &str, id: &str) -> Option<String
 fn check_health_flip(node: &Node, pod: &str, device: &str, total: usize) {
     let path = Path::new("/dev").join(device);
     let rdev = stat("/dev/random").unwrap().st_rdev;
-    let processed = ["Processed device updates for resource", CRAND];
-    let before = node.count(&processed);
-    std::fs::remove_file(&path).unwrap();
-    node.wait(
-        &format!("the kubelet to count {device} unhealthy"),
-        SHORT,
-        || {
-            node.log()
-                .lines()
-                .filter(|l| processed.iter().all(|p| l.contains(p)))
-                .skip(before)
-                .any(|l| {
-                    l.contains(&format!("totalCount={total}"))
-                        && l.contains(&format!("healthyCount={}", total - 1))
-                })
-                .then_some(())
-        },
+    // Runs `change`, then waits for the kubelet to count `healthy` of
+    // `total` devices (a line after those there before).
+    let counted = |change: &dyn Fn(), healthy: usize, what: &str| {
+        let processed = ["Processed device updates for resource", CRAND];
+        let before = node.count(&processed);
+        change();
+        let counts = [
+            format!("totalCount={total}"),
+            format!("healthyCount={healthy}"),
+        ];
+        node.wait(
+            &format!("the kubelet to count {device} {what}"),
+            SHORT,
+            || {
+                node.log()
+                    .lines()
+                    .filter(|l| processed.iter().all(|p| l.contains(p)))
+                    .skip(before)
+                    .any(|l| counts.iter().all(|c| l.contains(c.as_str())))
+                    .then_some(())
+            },
+        );
+    };
+    counted(
+        &|| std::fs::remove_file(&path).unwrap(),
+        total - 1,
+        "unhealthy",
     );
     node.wait(
         &format!("{pod}'s status to show {device} Unhealthy"),
@@ -939,20 +949,8 @@ fn check_health_flip(node: &Node, pod: &str, device: &str, total: usize) {
                 && l.contains("Unhealthy missing: node missing")),
         "{status}"
     );
-    let before = node.count(&processed);
-    mknod(&path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), rdev).unwrap();
-    node.wait(
-        &format!("the kubelet to count {device} healthy"),
-        SHORT,
-        || {
-            node.log()
-                .lines()
-                .filter(|l| processed.iter().all(|p| l.contains(p)))
-                .skip(before)
-                .any(|l| l.contains(&format!("healthyCount={total}")))
-                .then_some(())
-        },
-    );
+    let make = || mknod(&path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), rdev).unwrap();
+    counted(&make, total, "healthy");
     node.wait(
         &format!("{pod}'s status to show {device} Healthy"),
         LONG,
