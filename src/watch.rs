@@ -1,8 +1,8 @@
 //! A watch cell: holds the latest value and lets any number of streams
 //! follow it. A stream yields the current value at once, then only the
 //! newest value after each change (updates in between are skipped: the
-//! kubelet needs the latest full list, not every list), and ends when the
-//! cell is closed.
+//! kubelet needs the latest full list, not every list). A stream never
+//! ends by itself: its owner drops it.
 //!
 //! This is how one device snapshot feeds every open ListAndWatch stream
 //! without a thread per stream: the streams run as futures on grpcio's
@@ -28,7 +28,6 @@ pub struct Watch<T> {
 struct Inner<T> {
     value: Arc<T>,
     version: u64,
-    closed: bool,
     next_id: u64,
     // One waker per waiting stream, replaced on each poll, so the list is
     // bounded by the number of streams.
@@ -42,7 +41,6 @@ impl<T> Watch<T> {
             inner: Mutex::new(Inner {
                 value: Arc::new(value),
                 version: 1,
-                closed: false,
                 next_id: 0,
                 wakers: Vec::new(),
             }),
@@ -59,16 +57,6 @@ impl<T> Watch<T> {
             let mut inner = self.lock();
             inner.value = Arc::new(value);
             inner.version += 1;
-            std::mem::take(&mut inner.wakers)
-        };
-        wakers.into_iter().for_each(|(_, w)| w.wake());
-    }
-
-    /// Ends every stream, now and later.
-    pub fn close(&self) {
-        let wakers = {
-            let mut inner = self.lock();
-            inner.closed = true;
             std::mem::take(&mut inner.wakers)
         };
         wakers.into_iter().for_each(|(_, w)| w.wake());
@@ -93,19 +81,20 @@ impl<T> Watch<T> {
 
 impl<T: Send + Sync + 'static> Watch<T> {
     /// Resolves with the first value, current or later, that `accept`
-    /// takes; with `None` if the cell closes first.
+    /// takes.
     pub fn when(
         self: &Arc<Self>,
         accept: impl Fn(&T) -> bool + Send + 'static,
-    ) -> impl Future<Output = Option<Arc<T>>> + Send + 'static {
+    ) -> impl Future<Output = Arc<T>> + Send + 'static {
         let mut values = self.subscribe();
         async move {
             while let Some(v) = values.next().await {
                 if accept(&v) {
-                    return Some(v);
+                    return v;
                 }
             }
-            None
+            // A subscriber never ends; were it to, nothing would be accepted.
+            std::future::pending().await
         }
     }
 }
@@ -124,9 +113,6 @@ impl<T> Stream for Subscriber<T> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Arc<T>>> {
         let this = self.get_mut();
         let mut inner = this.cell.lock();
-        if inner.closed {
-            return Poll::Ready(None);
-        }
         if inner.version != this.seen {
             this.seen = inner.version;
             return Poll::Ready(Some(inner.value.clone()));
@@ -151,7 +137,7 @@ mod tests {
     use futures_util::{FutureExt, StreamExt};
 
     #[test]
-    fn test_stream_yields_current_then_latest_then_ends() {
+    fn test_stream_yields_current_then_latest() {
         let cell = Watch::new(1);
         let mut s = cell.subscribe();
         assert_eq!(*s.next().now_or_never().unwrap().unwrap(), 1);
@@ -159,8 +145,7 @@ mod tests {
         cell.publish(2);
         cell.publish(3);
         assert_eq!(*s.next().now_or_never().unwrap().unwrap(), 3);
-        cell.close();
-        assert_eq!(s.next().now_or_never().unwrap(), None);
+        assert!(s.next().now_or_never().is_none(), "nothing new since");
     }
 
     #[test]
@@ -169,14 +154,16 @@ mod tests {
         let mut stop = Box::pin(cell.when(|v| v.is_some()));
         assert!((&mut stop).now_or_never().is_none(), "nothing yet");
         cell.publish(Some("why"));
-        assert_eq!(*stop.now_or_never().unwrap().unwrap(), Some("why"));
+        assert_eq!(*stop.now_or_never().unwrap(), Some("why"));
         // Already there: at once.
         assert!(cell.when(|v| v.is_some()).now_or_never().is_some());
-        let closed = Watch::new(None::<&str>);
-        let mut never = Box::pin(closed.when(|v| v.is_some()));
-        assert!((&mut never).now_or_never().is_none());
-        closed.close();
-        assert_eq!(never.now_or_never().unwrap(), None);
+        // A value it does not take leaves it waiting.
+        let other = Watch::new(None::<&str>);
+        let mut waiting = Box::pin(other.when(|v| *v == Some("stop")));
+        other.publish(Some("not yet"));
+        assert!((&mut waiting).now_or_never().is_none());
+        other.publish(Some("stop"));
+        assert!(waiting.now_or_never().is_some());
     }
 
     #[test]
