@@ -1,13 +1,16 @@
 //! `kubelet-plugin`: parses the flags, sets up logging, runs the supervisor
-//! on its own thread and exits with its result.
+//! thread and ends the process with the exit code of its result: the only
+//! place the process ends.
 
 use std::process::ExitCode;
 
 use kubelet_plugin::{
-    cli::{self, Cli, Command, RunArgs},
+    cli::{self, Command, RunArgs},
     error::{Error, Result, chain},
+    event::Event,
+    inventory::kinds::KindValues,
     lockfile::PidFile,
-    supervisor::Supervisor,
+    supervisor,
 };
 use simplelog::{ConfigBuilder, LevelFilter, ThreadLogMode, WriteLogger};
 
@@ -17,14 +20,24 @@ fn fail(msg: &str, code: u8) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = kubelet_plugin::cli::from_env();
-    if cli.version {
+    let parsed = match cli::from_env() {
+        Ok(p) => p,
+        Err(exit) => {
+            if exit.code == 0 {
+                println!("{}", exit.output);
+            } else {
+                eprintln!("{}", exit.output);
+            }
+            return ExitCode::from(exit.code);
+        }
+    };
+    if parsed.cli.version {
         println!("kubelet-plugin {}", kubelet_plugin::VERSION);
         return ExitCode::SUCCESS;
     }
-    let result = match cli.command {
-        Some(Command::Run(args)) => run(args),
-        Some(Command::Cdi(args)) => args.run(),
+    let result = match parsed.cli.command {
+        Some(Command::Run(args)) => run(args, &parsed.kinds),
+        Some(Command::Cdi(args)) => args.run(&parsed.kinds),
         Some(Command::Status(args)) => {
             return match args.options().and_then(|o| kubelet_plugin::status::run(&o)) {
                 Ok(outcome) => ExitCode::from(outcome.exit_code()),
@@ -44,8 +57,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// `run`: logging, then the supervisor on its own thread until it ends.
-fn run(args: RunArgs) -> Result<()> {
+/// `run`: logging, the dirs, the pid file, then the supervisor thread until
+/// it ends.
+fn run(args: RunArgs, kinds: &KindValues) -> Result<()> {
     let log_config = ConfigBuilder::new()
         .set_thread_mode(ThreadLogMode::Names)
         .set_thread_level(LevelFilter::Error)
@@ -55,24 +69,18 @@ fn run(args: RunArgs) -> Result<()> {
         .build();
     let _ = WriteLogger::init(args.log_level, log_config, std::io::stderr());
 
-    let config = args.config()?;
+    let config = args.config(kinds)?;
     cli::prepare_dirs(&config)?;
-    // The supervisor takes each resource's lock before it makes anything.
-    // The pid file: kept (and removed at the end) by the supervisor thread.
+    // The supervisor takes each resource's lock before it makes anything;
+    // it keeps the pid file (and removes it at the end).
     let pid_file = args.pid_file.as_deref().map(PidFile::lock).transpose()?;
-    let result = std::thread::Builder::new()
-        .name("supervisor".into())
-        .spawn(move || {
-            let supervisor = Supervisor::new(config)?;
-            let _pid_file = match pid_file {
-                Some(mut p) => p.ready().map(|()| Some(p))?,
-                None => None,
-            };
-            supervisor.run()
-        })
-        .map_err(|e| Error::Thread(format!("cannot start the supervisor thread: {e}")))?
-        .join()
-        .unwrap_or_else(|_| Err(Error::Thread("supervisor panicked".into())));
+    let (exits, exited) = crossbeam_channel::bounded(1);
+    let join = supervisor::spawn(config, pid_file, exits)?;
+    let result = match exited.recv() {
+        Ok(Event::ThreadExited { result, .. }) => result,
+        _ => Err(Error::Thread("the supervisor thread vanished".into())),
+    };
+    let _ = join.join();
     match &result {
         Ok(()) => log::info!("stopped"),
         Err(e) => log::error!("{}", chain(e)),

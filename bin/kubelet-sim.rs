@@ -187,7 +187,7 @@ fn serve(args: Serve) -> Result<(), String> {
         println!("watching {} for registration sockets", dir.display());
     }
     let start = Instant::now();
-    let events = sim.events().clone();
+    let events = sim.event_channel();
     std::thread::Builder::new()
         .name("sim-print".into())
         .spawn(move || events.iter().for_each(|ev| print_event(start, &ev)))
@@ -204,7 +204,17 @@ fn serve(args: Serve) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = kubelet_plugin::cli::from_env();
+    let cli: Cli = match kubelet_plugin::cli::parse_plain(std::env::args().collect()) {
+        Ok(cli) => cli,
+        Err(exit) => {
+            if exit.code == 0 {
+                println!("{}", exit.output);
+            } else {
+                eprintln!("{}", exit.output);
+            }
+            return ExitCode::from(exit.code);
+        }
+    };
     if cli.version {
         println!("kubelet-sim {}", kubelet_plugin::VERSION);
         return ExitCode::SUCCESS;

@@ -1,5 +1,7 @@
-//! The `kubelet-plugin` command line (argh) and its checks: every flag is
-//! validated before anything starts, so a mistake ends in one clear line.
+//! The `kubelet-plugin` command line (argh, plus the flags the plugin kinds
+//! declare) and its checks: every flag is validated before anything
+//! starts, so a mistake ends in one clear line. Nothing here ends the
+//! process: `main` does.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -8,54 +10,182 @@ use log::LevelFilter;
 use nix::unistd::{AccessFlags, access};
 
 use crate::{
+    deviceplugin::{self, RegistrationMode, allocate::Injection},
     error::{Error, Result},
-    health::POLL_INTERVAL,
-    plugin::{self, Flags, Injection},
-    supervisor::{self, Config, RegistrationMode, Reload},
+    inventory::{
+        self,
+        health::POLL_INTERVAL,
+        kinds::{self, Flags, KINDS, KindValues},
+    },
+    reload::Reload,
+    supervisor::{Api, Config},
 };
 
-/// Parses the process's arguments like `argh::from_env`, but also takes
+/// How parsing ended without a command to run: `--help` (code 0, text for
+/// stdout) or a refused command line (code 1 as argh's own refusals, 2 for
+/// an unusable `--config` file; text for stderr).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Exit {
+    /// The exit code.
+    pub code: u8,
+    /// What to print.
+    pub output: String,
+}
+
+/// A parsed command line: argh's part and the plugin kinds' own flags.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The command and its flags.
+    pub cli: Cli,
+    /// The values of the kinds' flags ([`kinds::KindFlag`]).
+    pub kinds: KindValues,
+}
+
+/// Parses the process's arguments; see [`parse`].
+pub fn from_env() -> std::result::Result<Parsed, Exit> {
+    parse(std::env::args().collect())
+}
+
+/// Parses `args` (the program first) like `argh::from_env`, but also takes
 /// `--flag=value` (argh knows only `--flag value`), the form Kubernetes
-/// manifests and the kubelet's own flags use. Exits 0 after `--help`, 1 on
-/// a bad flag, with argh's message.
-pub fn from_env<T: argh::TopLevelCommand>() -> T {
-    let args: Vec<String> = std::env::args().collect();
-    let cmd = args
-        .first()
-        .and_then(|a| std::path::Path::new(a).file_name())
-        .and_then(|n| n.to_str())
-        .unwrap_or("kubelet-plugin")
-        .to_string();
+/// manifests and the kubelet's own flags use; `run --config FILE` puts the
+/// file's flags first, as if typed; and the flags the plugin kinds declare
+/// ([`KINDS`]) are taken out for them, checked, and listed by `--help`.
+pub fn parse(args: Vec<String>) -> std::result::Result<Parsed, Exit> {
+    let cmd = program(&args, "kubelet-plugin");
     let mut args = split_equals(args.into_iter().skip(1));
+    let refused = |output: String| refusal(&cmd, &output);
+    let sub = args.iter().position(|a| a == "run" || a == "cdi");
     // `run --config FILE`: the file's flags come first, as if typed.
-    if args.first().is_some_and(|a| a == "run")
+    if let Some(at) = sub.filter(|&i| args[i] == "run")
         && let Some(i) = args.iter().position(|a| a == "--config")
         && let Some(file) = args.get(i + 1)
     {
-        match config_args(std::path::Path::new(file)) {
-            Ok(more) => {
-                args.splice(1..1, more);
-            }
-            Err(e) => {
-                eprintln!("{cmd}: error: {e}");
-                std::process::exit(2)
-            }
-        }
+        let more = config_args(std::path::Path::new(file)).map_err(|e| Exit {
+            code: 2,
+            output: format!("{cmd}: error: {e}"),
+        })?;
+        args.splice(at + 1..at + 1, more);
     }
+    let kinds = match sub {
+        Some(at) => take_kind_flags(&mut args, at + 1).map_err(refused)?,
+        None => KindValues::new(),
+    };
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
-    T::from_args(&[&cmd], &strs).unwrap_or_else(|early| match early.status {
-        Ok(()) => {
-            println!("{}", early.output);
-            std::process::exit(0)
-        }
-        Err(()) => {
-            eprintln!(
-                "{}\nRun {cmd} --help for more information.",
-                early.output.trim_end()
-            );
-            std::process::exit(1)
-        }
+    match Cli::from_args(&[&cmd], &strs) {
+        Ok(cli) => Ok(Parsed { cli, kinds }),
+        Err(early) => match early.status {
+            Ok(()) => {
+                let mut help = early.output;
+                if sub.is_some() {
+                    help.push_str(&kinds_help());
+                }
+                Err(Exit {
+                    code: 0,
+                    output: help,
+                })
+            }
+            Err(()) => Err(refused(early.output)),
+        },
+    }
+}
+
+/// Parses `args` (the program first) into `T` as argh would, but also
+/// takes `--flag=value`: for commands with no plugin kinds (`kubelet-sim`).
+pub fn parse_plain<T: argh::TopLevelCommand>(args: Vec<String>) -> std::result::Result<T, Exit> {
+    let cmd = program(&args, "kubelet-sim");
+    let args = split_equals(args.into_iter().skip(1));
+    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    T::from_args(&[&cmd], &strs).map_err(|early| match early.status {
+        Ok(()) => Exit {
+            code: 0,
+            output: early.output,
+        },
+        Err(()) => refusal(&cmd, &early.output),
     })
+}
+
+/// The program's name as it was called, for messages.
+fn program(args: &[String], default: &str) -> String {
+    args.first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or(default)
+        .to_string()
+}
+
+/// A refused command line: argh's exit code and its form of message.
+fn refusal(cmd: &str, output: &str) -> Exit {
+    Exit {
+        code: 1,
+        output: format!(
+            "{}\nRun {cmd} --help for more information.",
+            output.trim_end()
+        ),
+    }
+}
+
+/// Takes the kinds' flags (and their values) out of `args[from..]`, which
+/// argh then never sees. A single-valued one given twice is refused, as
+/// argh refuses its own; a count that is not a number too, in argh's words.
+fn take_kind_flags(args: &mut Vec<String>, from: usize) -> std::result::Result<KindValues, String> {
+    let mut values = KindValues::new();
+    let mut i = from;
+    while i < args.len() {
+        if args[i] == "--" {
+            break;
+        }
+        let Some(flag) = kinds::kind_flag(&args[i]) else {
+            i += 1;
+            continue;
+        };
+        let value = args
+            .get(i + 1)
+            .cloned()
+            .ok_or_else(|| format!("No value provided for option '{}'.", flag.name))?;
+        args.drain(i..i + 2);
+        if flag.number
+            && let Err(e) = value.parse::<usize>()
+        {
+            return Err(format!(
+                "Error parsing option '{}' with value '{value}': {e}",
+                flag.name
+            ));
+        }
+        let given = values.entry(flag.name).or_default();
+        if !flag.repeatable && !given.is_empty() {
+            return Err(format!("Duplicate option '{}'.", flag.name));
+        }
+        given.push(value);
+    }
+    Ok(values)
+}
+
+/// The part of `run --help` and `cdi --help` that the kinds declare.
+fn kinds_help() -> String {
+    let mut out = String::from("\nPlugin kinds (--plugin ");
+    out.push_str(&kinds::plugin_names().join("|"));
+    out.push_str("|none, repeatable; default: all of them):\n");
+    for kind in KINDS {
+        let how = if kind.by_plugin_flag {
+            ""
+        } else {
+            " (by its own flag)"
+        };
+        out.push_str(&format!("  {:<8} {}{how}\n", kind.name, kind.help));
+    }
+    out.push_str("\nOptions of the plugin kinds:\n");
+    for flag in KINDS.iter().flat_map(|k| k.flags) {
+        let default = flag
+            .default
+            .map(|d| format!(" (default {d})"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  {} {}\n      {}{default}\n",
+            flag.name, flag.value, flag.help
+        ));
+    }
+    out
 }
 
 /// The flags of a `--config` file: one `--flag value` (or `--flag=value`,
@@ -86,14 +216,11 @@ pub fn config_args(path: &std::path::Path) -> Result<Vec<String>> {
     Ok(args)
 }
 
-/// The `--device` values of a `--config` file.
-pub fn config_devices(path: &std::path::Path) -> Result<Vec<String>> {
-    let args = config_args(path)?;
-    Ok(args
-        .windows(2)
-        .filter(|w| w[0] == "--device")
-        .map(|w| w[1].clone())
-        .collect())
+/// The values of the kinds' flags in a `--config` file.
+pub fn config_kind_values(path: &std::path::Path) -> Result<KindValues> {
+    let mut args = config_args(path)?;
+    take_kind_flags(&mut args, 0)
+        .map_err(|e| Error::Invalid(format!("--config {}: {e}", path.display())))
 }
 
 /// `--flag=value` -> `--flag`, `value`; everything after `--` is left alone.
@@ -198,25 +325,16 @@ impl StatusArgs {
 #[argh(subcommand, name = "cdi")]
 /// Make the crand nodes and write the CDI specs of the chosen plugins, then exit.
 pub struct CdiArgs {
-    /// plugin to write the spec of, crand, kvm or none; repeat for both (default: both)
+    /// plugin kind to write the specs of (see the kinds below), or none;
+    /// repeatable (default: every kind)
     #[argh(option)]
     pub plugin: Vec<String>,
-    /// a dev resource NAME=PATTERN[:SHARE]: <domain>/NAME, one device per
-    /// node under --dev-dir matching the glob PATTERN; repeatable
-    #[argh(option)]
-    pub device: Vec<String>,
     /// where crand nodes are made and kvm is found
     #[argh(option, default = "PathBuf::from(\"/dev\")")]
     pub dev_dir: PathBuf,
     /// where the CDI specs are written (default /etc/cdi)
     #[argh(option, default = "PathBuf::from(\"/etc/cdi\")")]
     pub cdi_dir: PathBuf,
-    /// number of crand devices (default 3)
-    #[argh(option, default = "3")]
-    pub crand_count: usize,
-    /// number of pods that may share /dev/kvm (default 1)
-    #[argh(option, default = "1")]
-    pub kvm_count: usize,
     /// domain of the resource names and CDI kinds (default github.com.ihcsim)
     #[argh(option, default = "String::from(\"github.com.ihcsim\")")]
     pub resource_domain: String,
@@ -227,20 +345,16 @@ pub struct CdiArgs {
 
 impl CdiArgs {
     /// Makes the nodes and writes the specs, or prints them with `--dry-run`.
-    pub fn run(&self) -> Result<()> {
-        let plugins = plugin::build(&Flags {
-            plugins: &self.plugin,
-            devices: &self.device,
-            domain: &self.resource_domain,
-            dev_dir: &self.dev_dir,
-            crand_count: self.crand_count,
-            kvm_count: self.kvm_count,
-        })?;
+    pub fn run(&self, kinds: &KindValues) -> Result<()> {
+        let plugins = kinds::build(&Flags::new(
+            &self.plugin,
+            &self.resource_domain,
+            &self.dev_dir,
+            kinds,
+        ))?;
         if self.dry_run {
             for p in &plugins {
-                // A dev plugin's spec lists the nodes it finds.
-                p.probe();
-                print!("{}", crate::cdi::render(p.as_ref()));
+                print!("{}", inventory::cdi::render(p.resource(), &p.probe()));
             }
             return Ok(());
         }
@@ -250,27 +364,23 @@ impl CdiArgs {
         }
         for p in &plugins {
             p.prepare()?;
-            p.probe();
-            let path = crate::cdi::write(&self.cdi_dir, p.as_ref())?;
+            let path = inventory::cdi::write(&self.cdi_dir, p.resource(), &p.probe())?;
             println!("wrote {}", path.display());
         }
         Ok(())
     }
 }
 
+// One field per flag of `run` (argh builds the parser and `--help` from
+// them), hence more than a struct would otherwise hold.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "run")]
 /// Serve the device plugins, register them with the kubelet and keep them registered.
 pub struct RunArgs {
-    /// plugin to run, crand, kvm or none; repeat for both (default: both)
+    /// plugin kind to run (see the kinds below), or none; repeatable
+    /// (default: every kind)
     #[argh(option)]
     pub plugin: Vec<String>,
-    /// a dev resource NAME=PATTERN[:SHARE]: <domain>/NAME, one device per
-    /// character or block node under --dev-dir matching the glob PATTERN
-    /// (e.g. ttyUSB*, serial/by-id/*), each shared by SHARE pods (default
-    /// 1); repeatable
-    #[argh(option)]
-    pub device: Vec<String>,
     /// where kubelet.sock is and the plugin sockets go
     #[argh(option, default = "PathBuf::from(\"/var/lib/kubelet/device-plugins\")")]
     pub device_plugin_dir: PathBuf,
@@ -280,12 +390,6 @@ pub struct RunArgs {
     /// where the CDI specs are written
     #[argh(option, default = "PathBuf::from(\"/var/run/cdi\")")]
     pub cdi_dir: PathBuf,
-    /// number of crand devices (default 3)
-    #[argh(option, default = "3")]
-    pub crand_count: usize,
-    /// number of pods that may share /dev/kvm (default 1)
-    #[argh(option, default = "1")]
-    pub kvm_count: usize,
     /// domain of the resource names and CDI kinds (default github.com.ihcsim)
     #[argh(option, default = "String::from(\"github.com.ihcsim\")")]
     pub resource_domain: String,
@@ -410,31 +514,32 @@ pub fn ensure_dir(flag: &str, dir: &std::path::Path, mode: u32) -> Result<bool> 
 const SOCKET_PATH_MAX: usize = 107;
 
 impl RunArgs {
-    /// The flags the plugin kinds are built from.
-    pub fn flags(&self) -> Flags<'_> {
-        Flags {
-            plugins: &self.plugin,
-            devices: &self.device,
-            domain: &self.resource_domain,
-            dev_dir: &self.dev_dir,
-            crand_count: self.crand_count,
-            kvm_count: self.kvm_count,
-        }
-    }
-
-    /// Checks every flag and builds the supervisor's configuration; touches
-    /// nothing (see [`prepare_dirs`]).
-    pub fn config(&self) -> Result<Config> {
-        let plugins = plugin::build(&self.flags())?;
+    /// Checks every flag and builds the supervisor's configuration, with
+    /// the kinds' flags `kinds`; touches nothing (see [`prepare_dirs`]).
+    pub fn config(&self, kinds: &KindValues) -> Result<Config> {
+        let plugins = kinds::build(&Flags::new(
+            &self.plugin,
+            &self.resource_domain,
+            &self.dev_dir,
+            kinds,
+        ))?;
         let registration = match self.registration {
             Registration::KubeletSock => RegistrationMode::KubeletSock,
             Registration::PluginsRegistry => {
                 RegistrationMode::PluginsRegistry(self.plugins_registry_dir.clone())
             }
         };
+        let device_plugin = deviceplugin::Config {
+            plugin_dir: self.device_plugin_dir.clone(),
+            registration,
+            injection: self.device_injection,
+            // The kubelet may spend up to 10 s dialing us back inside
+            // Register, then GetDevicePluginOptions on the same context:
+            // a shorter deadline would cancel a registration on its way.
+            register_timeout: Duration::from_secs(30),
+        };
         for p in &plugins {
-            let socket =
-                supervisor::socket_path(&registration, &self.device_plugin_dir, p.as_ref());
+            let socket = device_plugin.socket_path(p.resource());
             let len = socket.as_os_str().len();
             if len > SOCKET_PATH_MAX {
                 return Err(Error::Invalid(format!(
@@ -445,16 +550,12 @@ impl RunArgs {
         }
         Ok(Config {
             plugins,
-            plugin_dir: self.device_plugin_dir.clone(),
-            registration,
-            cdi_dir: self.cdi_dir.clone(),
-            dev_dir: self.dev_dir.clone(),
-            injection: self.device_injection,
-            poll_interval: POLL_INTERVAL,
-            // The kubelet may spend up to 10 s dialing us back inside
-            // Register, then GetDevicePluginOptions on the same context:
-            // a shorter deadline would cancel a registration on its way.
-            register_timeout: Duration::from_secs(30),
+            inventory: inventory::Config {
+                dev_dir: self.dev_dir.clone(),
+                cdi_dir: self.cdi_dir.clone(),
+                poll_interval: POLL_INTERVAL,
+            },
+            api: Api::DevicePlugin(device_plugin),
             metrics: crate::metrics::Outputs {
                 file: self.metrics_file.clone(),
                 listen: self.metrics_listen,
@@ -463,29 +564,27 @@ impl RunArgs {
         })
     }
 
-    /// With `--config`: what SIGHUP builds, the `dev` plugins of the
-    /// file's `--device` lines as they are then (those of the command line
-    /// stay as they are). The rest of the flags need a restart.
+    /// With `--config`: what SIGHUP builds, the plugins of the file's kind
+    /// flags (its `--device` lines) as they are then; those of the command
+    /// line stay as they are. The rest of the flags need a restart.
     fn reload(&self) -> Result<Option<Reload>> {
         let Some(path) = self.config.clone() else {
             return Ok(None);
         };
         let (domain, dev_dir) = (self.resource_domain.clone(), self.dev_dir.clone());
-        let build = move |devices: &[String]| {
-            plugin::build(&Flags {
-                plugins: &[plugin::NO_PLUGIN.to_string()],
-                devices,
-                domain: &domain,
-                dev_dir: &dev_dir,
-                crand_count: 1,
-                kvm_count: 1,
-            })
+        let build = move |values: &KindValues| {
+            kinds::build(&Flags::new(
+                &[kinds::NO_PLUGIN.to_string()],
+                &domain,
+                &dev_dir,
+                values,
+            ))
         };
         // Which plugins of the start are the file's: built again from it.
-        let now = build(&config_devices(&path)?)?;
+        let now = build(&config_kind_values(&path)?)?;
         Ok(Some(Reload {
             from_file: now.iter().map(|p| p.identity()).collect(),
-            load: Box::new(move || build(&config_devices(&path)?)),
+            load: Box::new(move || build(&config_kind_values(&path)?)),
         }))
     }
 }
@@ -495,38 +594,22 @@ impl RunArgs {
 /// every dir it writes in, the dev dir too, is a writable directory.
 pub fn prepare_dirs(cfg: &Config) -> Result<()> {
     // The kubelet makes its dirs 0750; the runtime reads the CDI dir.
-    ensure_dir("--device-plugin-dir", &cfg.plugin_dir, 0o750)?;
-    if let RegistrationMode::PluginsRegistry(dir) = &cfg.registration {
-        ensure_dir("--plugins-registry-dir", dir, 0o750)?;
+    match &cfg.api {
+        Api::DevicePlugin(dp) => {
+            ensure_dir("--device-plugin-dir", &dp.plugin_dir, 0o750)?;
+            if let RegistrationMode::PluginsRegistry(dir) = &dp.registration {
+                ensure_dir("--plugins-registry-dir", dir, 0o750)?;
+            }
+        }
     }
-    writable_dir("--dev-dir", &cfg.dev_dir)?;
-    ensure_dir("--cdi-dir", &cfg.cdi_dir, 0o755)?;
+    writable_dir("--dev-dir", &cfg.inventory.dev_dir)?;
+    ensure_dir("--cdi-dir", &cfg.inventory.cdi_dir, 0o755)?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn test_resource_domain_must_make_a_cdi_vendor() {
-        let dev = std::path::Path::new("/nonexistent");
-        let kvm = ["kvm".to_string()];
-        let flags = |domain| Flags {
-            plugins: &kvm,
-            devices: &[],
-            domain,
-            dev_dir: dev,
-            crand_count: 1,
-            kvm_count: 1,
-        };
-        let err = plugin::build(&flags("0x.com")).unwrap_err();
-        assert!(
-            err.to_string().contains("must start with a letter"),
-            "{err}"
-        );
-        assert!(plugin::build(&flags("x0.com")).is_ok());
-    }
 
     #[test]
     fn test_split_equals() {
@@ -552,6 +635,61 @@ mod tests {
                 "--",
                 "--a=b"
             ]
+        );
+    }
+
+    fn args(v: &[&str]) -> Vec<String> {
+        std::iter::once("kubelet-plugin")
+            .chain(v.iter().copied())
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn test_kind_flags_are_taken_out_checked_and_documented() {
+        let p = parse(args(&[
+            "run",
+            "--crand-count=5",
+            "--device",
+            "a=b",
+            "--device",
+            "c=d",
+        ]))
+        .unwrap();
+        assert_eq!(p.kinds["--crand-count"], ["5"]);
+        assert_eq!(p.kinds["--device"], ["a=b", "c=d"]);
+        let Some(Command::Run(_)) = p.cli.command else {
+            panic!("not run");
+        };
+        let refused = parse(args(&["run", "--kvm-count", "1", "--kvm-count", "2"])).unwrap_err();
+        assert_eq!(refused.code, 1);
+        assert!(
+            refused
+                .output
+                .starts_with("Duplicate option '--kvm-count'."),
+            "{refused:?}"
+        );
+        let refused = parse(args(&["run", "--crand-count", "-1"])).unwrap_err();
+        assert!(
+            refused
+                .output
+                .starts_with("Error parsing option '--crand-count' with value '-1': invalid digit"),
+            "{refused:?}"
+        );
+        // After `--` nothing is a flag.
+        assert!(parse(args(&["run", "--", "--crand-count", "1"])).is_err());
+        let help = parse(args(&["run", "--help"])).unwrap_err();
+        assert_eq!(help.code, 0);
+        for kind in KINDS {
+            assert!(help.output.contains(kind.name), "{}", help.output);
+            for flag in kind.flags {
+                assert!(help.output.contains(flag.name), "{}", help.output);
+            }
+        }
+        assert!(
+            help.output.contains("--plugin crand|kvm|none"),
+            "{}",
+            help.output
         );
     }
 }

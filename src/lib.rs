@@ -1,64 +1,75 @@
-//! kubelet-plugin: Kubernetes device plugins for the kubelet's device plugin
-//! API `v1beta1` (gRPC over unix sockets), handing devices to containers
-//! through CDI and DeviceSpecs; plus `kubelet-sim`, a kubelet stand-in.
+//! kubelet-plugin: node devices for Kubernetes, handed to containers
+//! through CDI (and DeviceSpecs), over the kubelet's device plugin API
+//! `v1beta1` (gRPC over unix sockets); plus `kubelet-sim`, a kubelet
+//! stand-in.
+//!
+//! # Layers
+//!
+//! ```text
+//! inventory/      the devices: plugin kinds (crand, kvm, dev), their device sets,
+//!                 resource locks, CDI specs, the health thread, the snapshots
+//! frontend.rs     the seam: a kubelet-facing API over the inventory's resources
+//! deviceplugin/   the device plugin front end: servers, registration, Allocate
+//! supervisor.rs   the process: inventory + the chosen front end + threads + events
+//! ```
+//!
+//! The inventory knows nothing of gRPC or the kubelet; a front end knows the
+//! inventory only through [`inventory::Resource`] (a plugin and its snapshot).
 //!
 //! # Threads
 //!
 //! ```text
 //! main        parses flags, makes missing dirs, starts logging, runs the supervisor
 //!             thread, exits with its result
-//! signals     SIGTERM/SIGINT -> Event::Signal(Shutdown), SIGHUP -> Event::Signal(Reregister)
+//! supervisor  fills the inventory, hands its resources to the front end, dispatches
+//!             every Event of its inbox; at SIGHUP reloads --config; joins all at the end
+//! signals     SIGTERM/SIGINT -> Event::Signal(Shutdown), SIGHUP -> Event::Signal(Reload)
 //! health      inotify on the dev dir (and the subdirs dev patterns reach) + a slow
-//!             timer; probes the devices that changed (all on the timer); writes a
-//!             plugin's CDI spec when its device set changed, then publishes its full
-//!             device list into its snapshot; on the same inotify, the dir of our
-//!             sockets -> Event::SocketDir; a kick (SIGHUP) drops gone devices
-//! supervisor  owns every plugin's life as an explicit State: serve -> own socket
-//!             answers (Event::Served) -> Register (Event::Registered) or the
-//!             kubelet's plugin watcher; serves anew on kubelet restarts, lost
-//!             streams, SIGHUP; ends every stream of a server before dropping it
-//! grpc*       grpcio's threads: the DevicePlugin and Registration handlers, the
-//!             ListAndWatch streams (futures that follow the snapshot; each reports
-//!             Event::Stream), the answers of our own calls
+//!             timer; probes the devices that changed; writes a resource's CDI spec
+//!             when its nodes changed, then publishes its device list into its
+//!             snapshot (Event::Published); on the same inotify, the front end's dirs
+//!             (Event::DirChanged)
+//! metrics     with --metrics-file/--metrics-listen: writes and serves the figures
+//! grpc*       grpcio's threads: the handlers, the ListAndWatch streams (futures that
+//!             follow the snapshot; each reports Event::DevicePlugin(Stream)), the
+//!             answers of our own calls (Event::DevicePlugin(Served, Registered))
 //! ```
 //!
-//! Every thread but grpcio's starts through [`thread::spawn_named`] and talks
-//! to the supervisor only through [`event::Event`] on one crossbeam channel.
-//! The one shared state is each plugin's device snapshot ([`watch::Watch`]):
-//! one per plugin for the whole run, written by the health thread only, read
-//! by every ListAndWatch stream and by Allocate.
+//! Every thread but grpcio's starts through [`thread::spawn_named`], from
+//! the file of its name, and talks to the supervisor only through
+//! [`event::Event`] on one crossbeam channel. The one shared state is each
+//! resource's device snapshot ([`watch::Watch`]): written by the health
+//! thread only, read by every stream, by Allocate, status and metrics.
 //!
-//! Which part knows which: device logic ([`plugin`]: the kinds crand, kvm
-//! and dev, and their registry) knows nothing of gRPC; [`health`] knows
-//! device logic, CDI and channels; [`server`] knows the API and the
-//! snapshot; [`supervisor`] knows sockets, registration and servers, and
-//! only [`kubelet`] calls `kubelet.sock`. [`sim`] uses only the API.
+//! [`sim`] uses the generated API and the product's name rules, never the
+//! reverse.
 #![deny(missing_docs)]
 
 pub mod api;
 pub mod atomic;
-pub mod cdi;
 pub mod cli;
-pub mod device;
-pub mod devnode;
-pub mod dirwatch;
+pub mod deviceplugin;
 pub mod error;
 pub mod event;
+pub mod frontend;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod health;
+pub mod inventory;
 pub mod json;
-pub mod kubelet;
+pub mod k8s_names;
 pub mod lockfile;
 pub mod metrics;
 pub mod notify;
-pub mod plugin;
-pub mod server;
+pub mod pluginwatcher;
+pub mod reload;
+pub mod rpc;
 pub mod signals;
 pub mod sim;
+pub mod socket;
 pub mod status;
 pub mod supervisor;
 pub mod thread;
+pub mod wake;
 pub mod watch;
 
 /// The version `--version` prints: `make` passes Cargo.toml's version plus

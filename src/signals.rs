@@ -1,5 +1,5 @@
 //! The `signals` thread: turns SIGTERM and SIGINT into a shutdown and SIGHUP
-//! into a re-registration, as events for the supervisor.
+//! into a reload (and a new registration), as events for the supervisor.
 
 use crossbeam_channel::Sender;
 use signal_hook::{
@@ -22,7 +22,7 @@ pub fn spawn(events: Sender<Event>) -> Result<(Handle, std::thread::JoinHandle<(
     let join = spawn_named("signals", events, move || {
         for sig in signals.forever() {
             let action = if sig == SIGHUP {
-                SignalAction::Reregister
+                SignalAction::Reload
             } else {
                 SignalAction::Shutdown
             };

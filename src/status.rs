@@ -22,7 +22,7 @@ use crate::{
     api::{podresources, podresources_grpc, status, status_grpc},
     error::{Error, Result},
     json::json_str,
-    lockfile,
+    lockfile, socket,
 };
 
 /// How long one plugin, or the kubelet, may take to answer.
@@ -68,39 +68,123 @@ impl Outcome {
     }
 }
 
+/// A device's health as a plugin reports it: the kubelet takes anything
+/// but the exact "Healthy" as unhealthy, and so does `status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Health {
+    Healthy,
+    Unhealthy,
+}
+
+impl Health {
+    fn parse(wire: &str) -> Health {
+        if wire == "Healthy" {
+            Health::Healthy
+        } else {
+            Health::Unhealthy
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Health::Healthy => "Healthy",
+            Health::Unhealthy => "Unhealthy",
+        }
+    }
+}
+
+/// One device as a plugin reports it.
+#[derive(Debug)]
+struct DeviceReport {
+    id: String,
+    health: Health,
+    /// The reason's code and sentence, for an unhealthy device.
+    reason: Option<(String, String)>,
+}
+
+/// What one plugin answered.
+#[derive(Debug)]
+struct Answer {
+    registration: String,
+    state: String,
+    devices: Vec<DeviceReport>,
+}
+
+impl Answer {
+    fn from_wire(a: status::DevicesResponse) -> Answer {
+        let devices = a
+            .devices
+            .into_iter()
+            .map(|d| DeviceReport {
+                health: Health::parse(&d.health),
+                reason: (!d.reason.is_empty()).then_some((d.reason, d.why)),
+                id: d.id,
+            })
+            .collect();
+        Answer {
+            registration: a.registration,
+            state: a.state,
+            devices,
+        }
+    }
+
+    fn healthy(&self) -> usize {
+        self.devices
+            .iter()
+            .filter(|d| d.health == Health::Healthy)
+            .count()
+    }
+}
+
 /// One plugin of ours as `status` found it.
 #[derive(Debug)]
 struct Found {
     resource: String,
     socket: Option<PathBuf>,
-    answer: std::result::Result<status::DevicesResponse, String>,
+    answer: std::result::Result<Answer, String>,
 }
 
-/// The sockets resource `resource` may serve on, in either mode.
-fn sockets(opts: &Options, resource: &str) -> Vec<PathBuf> {
-    let name = resource.rsplit_once('/').map_or(resource, |(_, n)| n);
-    vec![
-        opts.device_plugin_dir.join(format!("{name}.sock")),
-        opts.plugins_registry_dir
-            .join(format!("{}.sock", resource.replace('/', "-"))),
-    ]
-}
-
-fn ask(
-    env: &Arc<Environment>,
-    sock: &Path,
-) -> std::result::Result<status::DevicesResponse, String> {
+fn ask(env: &Arc<Environment>, sock: &Path) -> std::result::Result<Answer, String> {
     let channel = ChannelBuilder::new(env.clone()).connect(&format!("unix:{}", sock.display()));
     status_grpc::StatusClient::new(channel)
         .devices_opt(
             &status::DevicesRequest::new(),
             CallOption::default().timeout(TIMEOUT),
         )
+        .map(Answer::from_wire)
         .map_err(|e| e.to_string())
 }
 
-/// Who holds each device: (resource, device ID) -> `namespace/pod/container`.
-fn holders(env: &Arc<Environment>, sock: &Path) -> Result<BTreeMap<(String, String), Vec<String>>> {
+/// A container that holds a device, as the pod-resources API names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Holder {
+    namespace: String,
+    pod: String,
+    container: String,
+}
+
+impl Holder {
+    fn to_json(&self) -> String {
+        format!(
+            "{{\"namespace\": {}, \"pod\": {}, \"container\": {}}}",
+            json_str(&self.namespace),
+            json_str(&self.pod),
+            json_str(&self.container)
+        )
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.namespace, self.pod, self.container)
+    }
+}
+
+/// Who holds each device: (resource, device ID) -> its holders.
+type Holders = BTreeMap<(String, String), Vec<Holder>>;
+
+/// Who holds each device, from the kubelet's pod-resources API at `sock`.
+fn holders(env: &Arc<Environment>, sock: &Path) -> Result<Holders> {
     let channel = ChannelBuilder::new(env.clone()).connect(&format!("unix:{}", sock.display()));
     let list = podresources_grpc::PodResourcesListerClient::new(channel)
         .list_opt(
@@ -111,14 +195,18 @@ fn holders(env: &Arc<Environment>, sock: &Path) -> Result<BTreeMap<(String, Stri
             op: format!("ask the kubelet's pod-resources API on {}", sock.display()),
             source,
         })?;
-    let mut held: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    let mut held = Holders::new();
     for pod in &list.pod_resources {
         for c in &pod.containers {
             for d in &c.devices {
                 for id in &d.device_ids {
                     held.entry((d.resource_name.clone(), id.clone()))
                         .or_default()
-                        .push(format!("{}/{}/{}", pod.namespace, pod.name, c.name));
+                        .push(Holder {
+                            namespace: pod.namespace.clone(),
+                            pod: pod.name.clone(),
+                            container: c.name.clone(),
+                        });
                 }
             }
         }
@@ -140,10 +228,14 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     let found: Vec<Found> = resources
         .into_iter()
         .map(|resource| {
-            let there: Vec<PathBuf> = sockets(opts, &resource)
-                .into_iter()
-                .filter(|s| s.exists())
-                .collect();
+            let there: Vec<PathBuf> = socket::socket_paths(
+                &resource,
+                &opts.device_plugin_dir,
+                &opts.plugins_registry_dir,
+            )
+            .into_iter()
+            .filter(|s| s.exists())
+            .collect();
             let mut answer =
                 Err("not running: no socket (a lock left by a killed instance)".into());
             let mut socket = None;
@@ -184,7 +276,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     let unhealthy = found.iter().any(|f| {
         f.answer
             .as_ref()
-            .is_ok_and(|a| a.devices.iter().any(|d| d.health != "Healthy"))
+            .is_ok_and(|a| a.healthy() < a.devices.len())
     });
     Ok(if unhealthy && !opts.liveness {
         Outcome::Unhealthy
@@ -193,7 +285,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     })
 }
 
-fn print_text(found: &[Found], held: Option<&BTreeMap<(String, String), Vec<String>>>) {
+fn print_text(found: &[Found], held: Option<&Holders>) {
     for f in found {
         let file = f
             .socket
@@ -203,23 +295,28 @@ fn print_text(found: &[Found], held: Option<&BTreeMap<(String, String), Vec<Stri
             .unwrap_or_else(|| "no socket".into());
         match &f.answer {
             Ok(a) => {
-                let healthy = a.devices.iter().filter(|d| d.health == "Healthy").count();
                 println!(
-                    "{} ({file}, {}, {}): {} devices, {healthy} healthy",
+                    "{} ({file}, {}, {}): {} devices, {} healthy",
                     f.resource,
                     a.registration,
                     a.state,
-                    a.devices.len()
+                    a.devices.len(),
+                    a.healthy()
                 );
                 for d in &a.devices {
-                    let mut line = format!("    {:<12} {:<9}", d.id, d.health);
-                    if !d.reason.is_empty() {
-                        line.push_str(&format!(" {}: {}", d.reason, d.why));
+                    let mut line = format!("    {:<12} {:<9}", d.id, d.health.as_str());
+                    if let Some((code, why)) = &d.reason {
+                        line.push_str(&format!(" {code}: {why}"));
                     }
                     if let Some(held) = held {
                         let by = held
                             .get(&(f.resource.clone(), d.id.clone()))
-                            .map(|p| p.join(", "))
+                            .map(|hs| {
+                                hs.iter()
+                                    .map(Holder::to_string)
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            })
                             .unwrap_or_else(|| "-".into());
                         line.push_str(&format!(" pod={by}"));
                     }
@@ -231,46 +328,45 @@ fn print_text(found: &[Found], held: Option<&BTreeMap<(String, String), Vec<Stri
     }
 }
 
-fn to_json(found: &[Found], held: Option<&BTreeMap<(String, String), Vec<String>>>) -> String {
+/// `s` as a JSON string, or `null`.
+fn json_opt(s: Option<&str>) -> String {
+    s.map_or_else(|| "null".to_string(), json_str)
+}
+
+fn device_json(resource: &str, d: &DeviceReport, held: Option<&Holders>) -> String {
+    let pods = held
+        .map(|h| {
+            let list: Vec<String> = h
+                .get(&(resource.to_string(), d.id.clone()))
+                .map(|hs| hs.iter().map(Holder::to_json).collect())
+                .unwrap_or_default();
+            format!(", \"pods\": [{}]", list.join(", "))
+        })
+        .unwrap_or_default();
+    let (reason, why) = match &d.reason {
+        Some((code, why)) => (Some(code.as_str()), Some(why.as_str())),
+        None => (None, None),
+    };
+    format!(
+        "{{\"id\": {}, \"health\": {}, \"reason\": {}, \"why\": {}{pods}}}",
+        json_str(&d.id),
+        json_str(d.health.as_str()),
+        json_opt(reason),
+        json_opt(why)
+    )
+}
+
+fn to_json(found: &[Found], held: Option<&Holders>) -> String {
     let plugins: Vec<String> = found
         .iter()
         .map(|f| {
-            let socket = f
-                .socket
-                .as_ref()
-                .map(|s| json_str(&s.display().to_string()))
-                .unwrap_or_else(|| "null".into());
+            let socket = json_opt(f.socket.as_ref().map(|s| s.display().to_string()).as_deref());
             match &f.answer {
                 Ok(a) => {
                     let devices: Vec<String> = a
                         .devices
                         .iter()
-                        .map(|d| {
-                            let pods = held
-                                .map(|h| {
-                                    let list = h
-                                        .get(&(f.resource.clone(), d.id.clone()))
-                                        .map(|ps| ps.iter().map(|p| pod_json(p)).collect())
-                                        .unwrap_or_else(Vec::new);
-                                    format!(", \"pods\": [{}]", list.join(", "))
-                                })
-                                .unwrap_or_default();
-                            let reason = if d.reason.is_empty() {
-                                "null".to_string()
-                            } else {
-                                json_str(&d.reason)
-                            };
-                            let why = if d.why.is_empty() {
-                                "null".to_string()
-                            } else {
-                                json_str(&d.why)
-                            };
-                            format!(
-                                "{{\"id\": {}, \"health\": {}, \"reason\": {reason}, \"why\": {why}{pods}}}",
-                                json_str(&d.id),
-                                json_str(&d.health)
-                            )
-                        })
+                        .map(|d| device_json(&f.resource, d, held))
                         .collect();
                     format!(
                         "{{\"resource\": {}, \"socket\": {socket}, \"answering\": true, \"registration\": {}, \"state\": {}, \"devices\": [{}]}}",
@@ -289,20 +385,4 @@ fn to_json(found: &[Found], held: Option<&BTreeMap<(String, String), Vec<String>
         })
         .collect();
     format!("{{\"plugins\": [{}]}}", plugins.join(", "))
-}
-
-/// `namespace/pod/container` as a JSON object.
-fn pod_json(p: &str) -> String {
-    let mut parts = p.splitn(3, '/');
-    let (ns, pod, c) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
-    format!(
-        "{{\"namespace\": {}, \"pod\": {}, \"container\": {}}}",
-        json_str(ns),
-        json_str(pod),
-        json_str(c)
-    )
 }

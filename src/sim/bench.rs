@@ -386,8 +386,38 @@ pub fn run(opts: &Options) -> Result<(), String> {
     } else {
         &["--plugin", "crand"]
     };
+    let resources: &[&str] = if with_kvm { &[CRAND, KVM] } else { &[CRAND] };
 
-    // Start to Register: ten fresh starts.
+    starts(opts, both, with_kvm, &mut r)?;
+    let mut run = Run::start(&opts.plugin_bin, both, with_kvm)?;
+    run.sim.wait_lists(resources, WAIT)?;
+    let sock = run.sim.socket().with_file_name("crand.sock");
+    list_opens(&sock, &mut r)?;
+    let idle = idle_footprint(&run, &mut r);
+    health_flips(opts, &run, &mut r)?;
+    allocates(opts, &run, &sock, &mut r)?;
+    idle_cpu(opts, &run, &mut r);
+    restarts(opts, &mut run, resources, &idle, &mut r)?;
+    run.stop()?;
+
+    hot_plug(opts, &mut r)?;
+    with_metrics(opts, both, with_kvm, &mut r)?;
+    scale(opts, &mut r)?;
+    binary_sizes(opts, &mut r)?;
+
+    progress(&format!("done in {:.0} s\n", began.elapsed().as_secs_f64()));
+    if let Some(dir) = opts.out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
+    std::fs::write(&opts.out, r.to_json())
+        .map_err(|e| format!("write {}: {e}", opts.out.display()))?;
+    r.print_table();
+    println!("results: {}", opts.out.display());
+    Ok(())
+}
+
+/// Start to Register: ten fresh starts.
+fn starts(opts: &Options, both: &[&str], with_kvm: bool, r: &mut Report) -> Result<(), String> {
     let mut starts = Vec::new();
     for i in 0..10 {
         progress(&format!("start to Register {}/10", i + 1));
@@ -404,18 +434,17 @@ pub fn run(opts: &Options) -> Result<(), String> {
         Some(d.p50 <= 50.0),
     );
 
-    let mut run = Run::start(&opts.plugin_bin, both, with_kvm)?;
-    let resources: &[&str] = if with_kvm { &[CRAND, KVM] } else { &[CRAND] };
-    run.sim.wait_lists(resources, WAIT)?;
-    let sock = run.sim.socket().with_file_name("crand.sock");
+    Ok(())
+}
 
-    // ListAndWatch open to first message, 200 connect/disconnect cycles.
+/// ListAndWatch open to first message, 200 connect/disconnect cycles.
+fn list_opens(sock: &Path, r: &mut Report) -> Result<(), String> {
     let mut opens = Vec::new();
     for i in 0..200 {
         if i % 20 == 0 {
             progress(&format!("ListAndWatch open to first message {i}/200"));
         }
-        opens.push(first_list(&sock)?.0);
+        opens.push(first_list(sock)?.0);
     }
     let d = Dist::of(&opens);
     r.dist("listandwatch_first_message", &d);
@@ -426,6 +455,11 @@ pub fn run(opts: &Options) -> Result<(), String> {
         None,
     );
 
+    Ok(())
+}
+
+/// RSS, threads and fds of the running plugins, idle.
+fn idle_footprint(run: &Run, r: &mut Report) -> Footprint {
     let idle = footprint(run.pid());
     r.num("idle_rss_kib", idle.rss_kib as f64);
     r.num("idle_threads", idle.threads as f64);
@@ -437,7 +471,11 @@ pub fn run(opts: &Options) -> Result<(), String> {
         Some(idle.rss_kib <= 6 * 1024),
     );
 
-    // Health changes: removed, replaced by a wrong node, restored.
+    idle
+}
+
+/// Health changes: removed, replaced by a wrong node, restored.
+fn health_flips(opts: &Options, run: &Run, r: &mut Report) -> Result<(), String> {
     let node = run.tmp.dev.join("crand1");
     let (mut removed, mut replaced, mut restored) = (Vec::new(), Vec::new(), Vec::new());
     let unhealthy = |d: &[(String, String)]| health_of(d, "crand1") == Some("Unhealthy");
@@ -503,7 +541,11 @@ pub fn run(opts: &Options) -> Result<(), String> {
         );
     }
 
-    // Allocate: sequential latency, then 8 clients at once.
+    Ok(())
+}
+
+/// Allocate: sequential latency, then 8 clients at once.
+fn allocates(opts: &Options, run: &Run, sock: &Path, r: &mut Report) -> Result<(), String> {
     let client = run.sim.client(CRAND)?;
     let req = api::AllocateRequest {
         container_requests: vec![api::ContainerAllocateRequest {
@@ -531,7 +573,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
     );
     progress("Allocate throughput, 8 clients, 2 s");
     let ticks = cpu_ticks(run.pid());
-    let rate = throughput(&sock, &req, 8, Duration::from_secs(2))?;
+    let rate = throughput(sock, &req, 8, Duration::from_secs(2))?;
     // How busy the plugin was: with clients and plugin on the same cores,
     // this tells which side the rate was bound by.
     let busy = (cpu_ticks(run.pid()) - ticks) as f64 / clk_tck() / 2.0 * 100.0;
@@ -544,7 +586,11 @@ pub fn run(opts: &Options) -> Result<(), String> {
         Some(rate >= 20_000.0),
     );
 
-    // Idle CPU.
+    Ok(())
+}
+
+/// Idle CPU over `opts.idle_secs`.
+fn idle_cpu(opts: &Options, run: &Run, r: &mut Report) {
     progress(&format!("idle CPU over {} s", opts.idle_secs));
     let ticks = cpu_ticks(run.pid());
     std::thread::sleep(Duration::from_secs(opts.idle_secs));
@@ -557,12 +603,20 @@ pub fn run(opts: &Options) -> Result<(), String> {
         "≤ 0.1 %",
         Some(pct <= 0.1),
     );
+}
 
-    // kubelet restarts: kubelet.sock made anew -> Register (of every plugin).
+/// kubelet restarts: kubelet.sock made anew -> Register (of every plugin),
+/// and the footprint after them.
+fn restarts(
+    opts: &Options,
+    run: &mut Run,
+    resources: &[&str],
+    idle: &Footprint,
+    r: &mut Report,
+) -> Result<(), String> {
     // The footprint is taken again just before, so what the Allocate
     // clients left (connections, malloc arenas) is not counted as growth.
     let before = footprint(run.pid());
-    let resources: &[&str] = if with_kvm { &[CRAND, KVM] } else { &[CRAND] };
     let mut regs = Vec::new();
     let mut failed = 0;
     for i in 0..opts.restarts {
@@ -571,21 +625,24 @@ pub fn run(opts: &Options) -> Result<(), String> {
         }
         run.sim.restart()?;
         let t0 = Instant::now();
-        let mut seen = Vec::new();
-        let got = run.sim.wait_for("every plugin to register", WAIT, |ev| {
-            if let SimEvent::Registered { request, at, .. } = ev {
-                if !seen.contains(&request.resource_name) {
-                    seen.push(request.resource_name.clone());
-                }
-                if seen.len() == resources.len() {
-                    return Some(*at);
-                }
-            }
-            None
-        });
-        match got {
-            Ok(at) => regs.push(at - t0),
-            Err(_) => failed += 1,
+        // Each plugin's Register, in whichever order they come.
+        let got: Result<Vec<Instant>, String> = resources
+            .iter()
+            .map(|res| {
+                run.sim
+                    .wait_for(&format!("{res} to register"), WAIT, |ev| match ev {
+                        SimEvent::Registered { request, at, .. }
+                            if request.resource_name == *res =>
+                        {
+                            Some(*at)
+                        }
+                        _ => None,
+                    })
+            })
+            .collect();
+        match got.map(|ats| ats.into_iter().max()) {
+            Ok(Some(at)) => regs.push(at - t0),
+            _ => failed += 1,
         }
     }
     let d = Dist::of(&regs);
@@ -613,6 +670,12 @@ pub fn run(opts: &Options) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(1));
     }
     let after = footprint(run.pid());
+    footprint_figures(idle, &before, &after, r);
+    Ok(())
+}
+
+/// Threads, fds and RSS idle, before and after the restarts.
+fn footprint_figures(idle: &Footprint, before: &Footprint, after: &Footprint, r: &mut Report) {
     r.num("before_restarts_rss_kib", before.rss_kib as f64);
     r.num("before_restarts_threads", before.threads as f64);
     r.num("before_restarts_fds", before.fds as f64);
@@ -653,12 +716,10 @@ pub fn run(opts: &Options) -> Result<(), String> {
         "not growing (±0.5 MiB)",
         Some(after.rss_kib <= before.rss_kib + 512),
     );
-    run.stop()?;
+}
 
-    hot_plug(opts, &mut r)?;
-    with_metrics(opts, both, with_kvm, &mut r)?;
-    scale(opts, &mut r)?;
-
+/// The binaries' sizes.
+fn binary_sizes(opts: &Options, r: &mut Report) -> Result<(), String> {
     for (name, path) in [
         ("kubelet-plugin", opts.plugin_bin.clone()),
         (
@@ -676,14 +737,6 @@ pub fn run(opts: &Options) -> Result<(), String> {
         );
     }
 
-    progress(&format!("done in {:.0} s\n", began.elapsed().as_secs_f64()));
-    if let Some(dir) = opts.out.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    }
-    std::fs::write(&opts.out, r.to_json())
-        .map_err(|e| format!("write {}: {e}", opts.out.display()))?;
-    r.print_table();
-    println!("results: {}", opts.out.display());
     Ok(())
 }
 

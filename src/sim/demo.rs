@@ -108,15 +108,44 @@ pub(super) fn mknod_like(src: &Path, dst: &Path) -> Result<(), String> {
 /// Runs the demo with the plugin binary at `plugin_bin`.
 pub fn run(plugin_bin: &Path) -> Result<(), String> {
     let tmp = Scratch::new(&format!("kubelet-plugin-demo-{}", std::process::id()))?;
-    let (plugin_dir, dev_dir) = (&tmp.plugin, &tmp.dev);
     say(&format!("temp dir {}", tmp.base.display()));
 
-    let mut sim = Sim::start(plugin_dir)?;
+    let mut sim = Sim::start(&tmp.plugin)?;
     say(&format!("kubelet-sim serving {}", sim.socket().display()));
+    let mut plugin = start(&tmp, &sim, plugin_bin)?;
 
-    // kvm is shown only where the host has /dev/kvm to clone.
+    let crand = "github.com.ihcsim/crand";
+    allocate(&sim, crand)?;
+    health_change(&sim, &tmp.dev, crand)?;
+
+    say("kubelet restart: every socket deleted, kubelet.sock made anew");
+    let t = Instant::now();
+    sim.restart()?;
+    sim.wait_registered(crand, STEP)?;
+    say(&format!(
+        "registered again after {:.1} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    ));
+    let devices = sim.wait_devices(crand, STEP, |_| true)?;
+    say("device list after the restart:");
+    table(&devices);
+
+    let clean = stop(&mut plugin, &tmp.plugin)?;
+    drop(sim);
+    drop(tmp);
+    say("temp dir removed; done");
+    if !clean {
+        return Err("the plugin did not shut down cleanly".into());
+    }
+    Ok(())
+}
+
+/// Starts the plugin binary on the scratch dirs (kvm too where the host
+/// has `/dev/kvm` to clone), its log shown as it comes, and waits for each
+/// plugin's registration and first list, in whichever order they come.
+fn start(tmp: &Scratch, sim: &Sim, plugin_bin: &Path) -> Result<Plugin, String> {
     let with_kvm = Path::new("/dev/kvm").exists()
-        && mknod_like(Path::new("/dev/kvm"), &dev_dir.join("kvm")).is_ok();
+        && mknod_like(Path::new("/dev/kvm"), &tmp.dev.join("kvm")).is_ok();
     let plugins: &[&str] = if with_kvm {
         &["--plugin", "crand", "--plugin", "kvm"]
     } else {
@@ -139,25 +168,30 @@ pub fn run(plugin_bin: &Path) -> Result<(), String> {
             }
         })
         .map_err(|e| e.to_string())?;
-
-    let crand = "github.com.ihcsim/crand";
-    let req = sim.wait_registered(crand, STEP)?;
-    say(&format!(
-        "registered {} version={} endpoint={} after {} ms",
-        req.resource_name,
-        req.version,
-        req.endpoint,
-        started.elapsed().as_millis()
-    ));
-    let devices = sim.wait_devices(crand, STEP, |_| true)?;
-    say(&format!("device list of {crand}:"));
-    table(&devices);
-    if with_kvm {
-        let devices = sim.wait_ready("github.com.ihcsim/kvm", STEP)?;
-        say("device list of github.com.ihcsim/kvm:");
+    let resources: &[&str] = if with_kvm {
+        &["github.com.ihcsim/crand", "github.com.ihcsim/kvm"]
+    } else {
+        &["github.com.ihcsim/crand"]
+    };
+    for resource in resources {
+        let req = sim.wait_registered(resource, STEP)?;
+        say(&format!(
+            "registered {} version={} endpoint={} after {} ms",
+            req.resource_name,
+            req.version,
+            req.endpoint,
+            started.elapsed().as_millis()
+        ));
+        let devices = sim.wait_devices(resource, STEP, |_| true)?;
+        say(&format!("device list of {resource}:"));
         table(&devices);
     }
+    Ok(plugin)
+}
 
+/// Allocates two healthy crand devices and shows the answer; then an ID the
+/// plugin does not have, refused.
+fn allocate(sim: &Sim, crand: &str) -> Result<(), String> {
     let (ids, resp) = sim.allocate_healthy(crand, 2)?;
     say(&format!("allocate {} -> {}", crand, ids.join(",")));
     for c in &resp.container_responses {
@@ -185,7 +219,11 @@ pub fn run(plugin_bin: &Path) -> Result<(), String> {
         "allocate crand99 -> {}",
         bad.err().unwrap_or_else(|| "accepted?!".into())
     ));
+    Ok(())
+}
 
+/// Removes `crand1`'s node and makes it again, showing the lists.
+fn health_change(sim: &Sim, dev_dir: &Path, crand: &str) -> Result<(), String> {
     let node = dev_dir.join("crand1");
     std::fs::remove_file(&node).map_err(|e| format!("remove {}: {e}", node.display()))?;
     let t = Instant::now();
@@ -207,19 +245,12 @@ pub fn run(plugin_bin: &Path) -> Result<(), String> {
         t.elapsed().as_secs_f64() * 1000.0
     ));
     table(&devices);
+    Ok(())
+}
 
-    say("kubelet restart: every socket deleted, kubelet.sock made anew");
-    let t = Instant::now();
-    sim.restart()?;
-    sim.wait_registered(crand, STEP)?;
-    say(&format!(
-        "registered again after {:.1} ms",
-        t.elapsed().as_secs_f64() * 1000.0
-    ));
-    let devices = sim.wait_devices(crand, STEP, |_| true)?;
-    say("device list after the restart:");
-    table(&devices);
-
+/// SIGTERM, then what was left in the plugin dir; whether it exited 0 and
+/// left no socket.
+fn stop(plugin: &mut Plugin, plugin_dir: &Path) -> Result<bool, String> {
     say("stopping the plugin with SIGTERM");
     let t = Instant::now();
     let pid = nix::unistd::Pid::from_raw(plugin.0.id() as i32);
@@ -240,11 +271,5 @@ pub fn run(plugin_bin: &Path) -> Result<(), String> {
             left.join(",")
         }
     ));
-    drop(sim);
-    drop(tmp);
-    say("temp dir removed; done");
-    if !status.success() || !left.is_empty() {
-        return Err("the plugin did not shut down cleanly".into());
-    }
-    Ok(())
+    Ok(status.success() && left.is_empty())
 }

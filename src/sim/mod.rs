@@ -24,7 +24,7 @@ pub mod demo;
 pub mod validate;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     os::unix::fs::FileTypeExt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -46,7 +46,8 @@ use crate::{
     api::{
         api, api_grpc, pluginregistration, pluginregistration_grpc, podresources, podresources_grpc,
     },
-    dirwatch::{Changes, DirWatch, Stopper, Wake},
+    inventory::dirwatch::{Changes, DirWatch, Wake},
+    wake::Stopper,
 };
 
 /// The kubelet's socket file name.
@@ -92,6 +93,21 @@ pub enum SimEvent {
         at: Instant,
     },
 }
+
+impl SimEvent {
+    /// The resource the event is about.
+    pub fn resource(&self) -> &str {
+        match self {
+            SimEvent::Registered { request, .. } | SimEvent::Rejected { request, .. } => {
+                &request.resource_name
+            }
+            SimEvent::Devices { resource, .. } | SimEvent::StreamEnded { resource, .. } => resource,
+        }
+    }
+}
+
+/// The most events kept for waits to come; older ones are dropped first.
+const MAX_PENDING: usize = 10_000;
 
 /// A plugin connection: its client and what its stream last said.
 struct Conn {
@@ -199,6 +215,8 @@ pub struct Sim {
     /// The pod-resources API's server, when asked for.
     pod_resources: Option<Server>,
     events: Receiver<SimEvent>,
+    /// Events seen and not yet taken by a wait, in order.
+    pending: Mutex<VecDeque<SimEvent>>,
 }
 
 /// The plugin watcher: its dir, what it registered, and its thread.
@@ -300,6 +318,7 @@ impl Sim {
             registry: None,
             pod_resources: None,
             events,
+            pending: Mutex::default(),
         };
         sim.serve()?;
         Ok(sim)
@@ -321,13 +340,34 @@ impl Sim {
         self.shared.dir.join(KUBELET_SOCKET)
     }
 
-    /// Everything the simulator sees, in order.
-    pub fn events(&self) -> &Receiver<SimEvent> {
-        &self.events
+    /// The channel the events arrive on, for a reader of its own (`serve`
+    /// prints them): what it takes, no wait sees.
+    pub fn event_channel(&self) -> Receiver<SimEvent> {
+        self.events.clone()
     }
 
-    /// Waits at most `timeout` for an event that `pick` accepts, skipping
-    /// the others; the error says what was awaited.
+    /// The next event not yet taken by a wait, waiting at most until
+    /// `deadline`.
+    pub fn next_event(&self, deadline: Instant) -> Option<SimEvent> {
+        let next = self.pending.lock().expect("sim lock").pop_front();
+        next.or_else(|| self.events.recv_deadline(deadline).ok())
+    }
+
+    /// Every event not yet taken by a wait, now.
+    pub fn take_events(&self) -> Vec<SimEvent> {
+        let mut all: Vec<SimEvent> = self.pending.lock().expect("sim lock").drain(..).collect();
+        all.extend(self.events.try_iter());
+        all
+    }
+
+    /// Waits at most `timeout` for an event that `pick` accepts; the error
+    /// says what was awaited.
+    ///
+    /// Every event is kept until a wait takes it, so the plugins' events may
+    /// come in any order: a match takes itself and the events of its
+    /// resource before it (older news of the same plugin); the events of
+    /// other resources stay for their own waits. `pick` sees each event
+    /// once per call, in order.
     pub fn wait_for<R>(
         &self,
         what: &str,
@@ -335,13 +375,29 @@ impl Sim {
         mut pick: impl FnMut(&SimEvent) -> Option<R>,
     ) -> Result<R, String> {
         let deadline = Instant::now() + timeout;
+        let mut pending = self.pending.lock().expect("sim lock");
+        let mut at = 0;
         loop {
+            while at < pending.len() {
+                if let Some(r) = pick(&pending[at]) {
+                    let resource = pending[at].resource().to_string();
+                    let mut i = 0;
+                    pending.retain(|ev| {
+                        i += 1;
+                        i > at + 1 || ev.resource() != resource
+                    });
+                    return Ok(r);
+                }
+                at += 1;
+            }
             let ev = self
                 .events
                 .recv_deadline(deadline)
                 .map_err(|_| format!("timed out after {timeout:?} waiting for {what}"))?;
-            if let Some(r) = pick(&ev) {
-                return Ok(r);
+            pending.push_back(ev);
+            if pending.len() > MAX_PENDING {
+                pending.pop_front();
+                at = at.saturating_sub(1);
             }
         }
     }
@@ -372,25 +428,16 @@ impl Sim {
     }
 
     /// Waits until each of `resources` has sent a device list, in whichever
-    /// order (waiting for one after the other would skip the other's).
-    pub fn wait_lists(&self, resources: &[&str], timeout: Duration) -> Result<(), String> {
-        let mut listed = std::collections::BTreeSet::new();
-        while listed.len() < resources.len() {
-            let r = self.wait_for(
-                &format!("device lists of {resources:?}"),
-                timeout,
-                |ev| match ev {
-                    SimEvent::Devices { resource, .. }
-                        if resources.contains(&resource.as_str()) =>
-                    {
-                        Some(resource.clone())
-                    }
-                    _ => None,
-                },
-            )?;
-            listed.insert(r);
-        }
-        Ok(())
+    /// order; returns each one's list.
+    pub fn wait_lists(
+        &self,
+        resources: &[&str],
+        timeout: Duration,
+    ) -> Result<Vec<Vec<(String, String)>>, String> {
+        resources
+            .iter()
+            .map(|r| self.wait_devices(r, timeout, |_| true))
+            .collect()
     }
 
     /// Waits for a device list of `resource` that `accept` takes.

@@ -16,53 +16,7 @@ pub fn version(version: &str) -> Result<(), String> {
     ))
 }
 
-// No 63-character limit per label: the kubelet's IsDNS1123Subdomain checks
-// only the regex and the total length, so a 64-character label passes there
-// (found by fuzzing: the simulator refused a name the kubelet takes).
-fn dns_label(label: &str) -> bool {
-    let b = label.as_bytes();
-    !b.is_empty()
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-}
-
-/// Whether `s` is a DNS-1123 subdomain: lowercase labels joined by dots,
-/// at most 253 characters.
-pub fn dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(dns_label)
-}
-
-fn qualified_name_part(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-}
-
-/// The kubelet's extended resource name rule: a `/`, nothing in the
-/// `kubernetes.io/` namespace, no `requests.` prefix, and
-/// `requests.<name>` a qualified name (a DNS subdomain prefix and a name
-/// part of at most 63 characters).
-pub fn resource_name(name: &str) -> Result<(), String> {
-    let invalid = || Err(format!("the ResourceName {name:?} is invalid"));
-    if !name.contains('/') || name.contains("kubernetes.io/") || name.starts_with("requests.") {
-        return invalid();
-    }
-    let qualified = format!("requests.{name}");
-    let mut parts = qualified.split('/');
-    let (Some(prefix), Some(part), None) = (parts.next(), parts.next(), parts.next()) else {
-        return invalid();
-    };
-    if !dns_subdomain(prefix) || !qualified_name_part(part) {
-        return invalid();
-    }
-    Ok(())
-}
+pub use crate::k8s_names::resource_name;
 
 /// The kubelet joins the endpoint onto its own dir; only a bare socket file
 /// name reaches the plugin's socket, so anything else is refused here.
@@ -112,41 +66,6 @@ pub fn plugin_info(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn test_resource_names_like_the_kubelet() {
-        for good in [
-            "example.com/foo",
-            "nvidia.com/gpu",
-            "intel.com/intel_sriov_netdevice",
-            "example.com/FOO",
-            "github.com.ihcsim/crand",
-        ] {
-            assert!(resource_name(good).is_ok(), "{good}");
-        }
-        for bad in [
-            "gpu",
-            "Example.com/foo",
-            "example.com/",
-            "example.com/-x",
-            "a/b/c",
-            "requests.example.com/x",
-            "kubernetes.io/x",
-            "foo.kubernetes.io/x",
-        ] {
-            assert_eq!(
-                resource_name(bad).unwrap_err(),
-                format!("the ResourceName {bad:?} is invalid")
-            );
-        }
-        let long_label = format!("{}.com/x", "a".repeat(64));
-        assert!(resource_name(&long_label).is_ok(), "no limit per label");
-        let long = format!("{}.com/x", "a".repeat(241));
-        assert!(
-            resource_name(&long).is_err(),
-            "prefix over 253 with requests."
-        );
-    }
 
     #[test]
     fn test_version_and_endpoint() {

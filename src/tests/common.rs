@@ -7,7 +7,7 @@ use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, ExitStatus, Output, Stdio},
-    sync::{Arc, Mutex},
+    sync::{Arc, Condvar, Mutex},
     time::{Duration, Instant},
 };
 
@@ -43,24 +43,29 @@ pub fn dirs() -> Dirs {
     }
 }
 
+/// A process's log as it comes through its stderr pipe, and a condition
+/// variable that each new line wakes.
+type Log = Arc<(Mutex<String>, Condvar)>;
+
 /// A running plugin process; killed on drop. Its stderr is collected.
 pub struct Plugin {
     pub child: Child,
-    log: Arc<Mutex<String>>,
+    log: Log,
 }
 
 impl Plugin {
     /// Starts `cmd`, collecting its stderr.
     pub fn spawn(cmd: &mut Command) -> Plugin {
         let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
+        let log: Log = Arc::default();
         let sink = log.clone();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap();
+                let mut l = sink.0.lock().unwrap();
                 l.push_str(&line);
                 l.push('\n');
+                sink.1.notify_all();
             }
         });
         Plugin { child, log }
@@ -89,20 +94,32 @@ impl Plugin {
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.log.0.lock().unwrap().clone()
     }
 
     /// Waits at most `limit` for the log to hold `what`: it comes through
     /// a pipe and a reader thread, a moment after the plugin wrote it.
     pub fn wait_log(&self, what: &str, limit: Duration) {
+        self.wait_log_count(what, 1, limit);
+    }
+
+    /// Waits at most `limit` for the log to hold `what` `n` times, woken
+    /// by each new line.
+    pub fn wait_log_count(&self, what: &str, n: usize, limit: Duration) {
         let deadline = Instant::now() + limit;
-        while !self.log().contains(what) {
+        let (lock, more) = &*self.log;
+        let mut log = lock.lock().unwrap();
+        loop {
+            let seen = log.matches(what).count();
+            if seen >= n {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
             assert!(
-                Instant::now() < deadline,
-                "no {what:?} in the log:\n{}",
-                self.log()
+                !left.is_zero(),
+                "{seen} of {n} {what:?} in the log after {limit:?}:\n{log}"
             );
-            std::thread::sleep(Duration::from_millis(5));
+            log = more.wait_timeout(log, left).unwrap().0;
         }
     }
 
@@ -183,4 +200,33 @@ pub fn output(mut cmd: Command, limit: Duration) -> Output {
 /// order.
 pub fn wait_lists(sim: &kubelet_plugin::sim::Sim, resources: &[&str], limit: Duration) {
     sim.wait_lists(resources, limit).unwrap();
+}
+
+/// A test that cannot run here: under `make test` (`KUBELET_PLUGIN_REQUIRE`
+/// set) that is a failure, since `make test` installs and makes what every
+/// test needs; under a plain `cargo test` it is skipped with one line, which
+/// also goes to `KUBELET_PLUGIN_SKIPS` (a file) when set, for the list
+/// `make test` prints at its end. Returns to let the test return.
+pub fn skip(test: &str, why: &str) {
+    if std::env::var_os("KUBELET_PLUGIN_REQUIRE").is_some() {
+        panic!("{test}: required under `make test`, but cannot run: {why}");
+    }
+    record_skip(test, why);
+}
+
+/// Records a skip that is right even under `make test` (e.g. the refusal
+/// to touch a real kubelet's state): one line on stderr and in the
+/// `KUBELET_PLUGIN_SKIPS` file, which `make test` shows at its end.
+pub fn record_skip(test: &str, why: &str) {
+    eprintln!("skipped: {test}: {why}");
+    if let Some(file) = std::env::var_os("KUBELET_PLUGIN_SKIPS") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+        {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
 }

@@ -95,6 +95,34 @@ fn test_two_patterns_two_resources_with_stable_ids() {
 }
 
 #[test]
+fn test_a_device_whose_spec_cannot_be_written_is_neither_listed_nor_allocated() {
+    let d = dirs();
+    let sim = Sim::start(&d.plugin).unwrap();
+    let p = start(&d, &["--device", "serial=ttyACM*"]);
+    assert!(sim.wait_ready(SERIAL, WAIT).unwrap().is_empty());
+    // The spec's path becomes a dir with a file in it: no rename replaces
+    // it, whatever our rights (we are root).
+    let spec_path = d.cdi.join("github.com.ihcsim-serial.json");
+    std::fs::remove_file(&spec_path).unwrap();
+    std::fs::create_dir(&spec_path).unwrap();
+    std::fs::write(spec_path.join("in-the-way"), "").unwrap();
+    char_node(&d, "ttyACM0");
+    p.wait_log("device list held back", WAIT);
+    // The plugin knows the node, but the kubelet was never sent it: an
+    // Allocate for it must be refused, as for any ID not in the list.
+    let err = sim.allocate(SERIAL, &["ttyACM0".into()]).unwrap_err();
+    assert!(err.contains("unknown device ID \"ttyACM0\""), "{err}");
+    assert!(sim.devices(SERIAL).unwrap().is_empty());
+    // Once the spec can be written, the next change lists and hands it out.
+    std::fs::remove_dir_all(&spec_path).unwrap();
+    char_node(&d, "ttyACM1");
+    let listed = sim.wait_devices(SERIAL, WAIT, |l| l.len() == 2).unwrap();
+    assert_eq!(ids(&listed), ["ttyACM0", "ttyACM1"]);
+    assert!(spec(&d, SERIAL).contains("\"name\": \"ttyACM0\""));
+    sim.allocate(SERIAL, &["ttyACM0".into()]).unwrap();
+}
+
+#[test]
 fn test_hot_plug_spec_first_then_list_then_unhealthy_and_back() {
     let d = dirs();
     let sim = Sim::start(&d.plugin).unwrap();

@@ -86,6 +86,21 @@ fn test_register_only_after_own_socket_answers() {
 }
 
 #[test]
+fn test_sim_waits_take_the_plugins_events_in_any_order() {
+    // kvm registers first, crand second; the demo waits for crand, then
+    // kvm: kvm's Register, already passed, must still be there to take.
+    let d = dirs();
+    let sim = Sim::start(&d.plugin).unwrap();
+    let kvm = start(&d, &["--plugin", "kvm"]);
+    kvm.wait_log("registered resource=github.com.ihcsim/kvm", WAIT);
+    let _crand = start(&d, &["--plugin", "crand"]);
+    sim.wait_registered(CRAND, WAIT).unwrap();
+    sim.wait_devices(CRAND, WAIT, |l| l.len() == 3).unwrap();
+    sim.wait_registered(KVM, WAIT).unwrap();
+    sim.wait_devices(KVM, WAIT, |l| l.len() == 1).unwrap();
+}
+
+#[test]
 fn test_first_list_has_every_device_healthy() {
     let d = dirs();
     let sim = Sim::start(&d.plugin).unwrap();
@@ -184,7 +199,7 @@ fn test_bad_allocations_fail_and_the_server_keeps_serving() {
         resp.container_responses[0].cdi_devices[0].name,
         "github.com.ihcsim/crand=crand0"
     );
-    wait_log(&p, "allocate refused");
+    p.wait_log("allocate refused", WAIT);
 }
 
 #[test]
@@ -349,29 +364,11 @@ fn test_sim_rejects_like_the_kubelet() {
     assert!(err.contains("failed to get device plugin options"), "{err}");
 }
 
-/// Waits until the plugin's log contains `what`.
-fn wait_log(p: &Plugin, what: &str) {
-    wait_log_count(p, what, 1);
-}
-
-/// Waits until the plugin's log contains `what` `n` times.
-fn wait_log_count(p: &Plugin, what: &str, n: usize) {
-    let deadline = Instant::now() + WAIT;
-    while p.log().matches(what).count() < n {
-        assert!(
-            Instant::now() < deadline,
-            "not {n} times {what:?} in log:\n{}",
-            p.log()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn test_waits_for_a_late_kubelet_and_registers_at_once() {
     let d = dirs();
     let p = start(&d, &["--plugin", "crand"]);
-    wait_log(&p, "waiting for");
+    p.wait_log("waiting for", WAIT);
     // The scenario: the kubelet comes up a second later.
     std::thread::sleep(Duration::from_secs(1));
     let created = Instant::now();
@@ -401,14 +398,14 @@ fn test_restart_after_kill_9_in_the_same_dirs() {
     );
     let p2 = start(&d, &["--plugin", "crand"]);
     sim.wait_ready(CRAND, WAIT).unwrap();
-    wait_log(&p2, "removed stale socket");
+    p2.wait_log("removed stale socket", WAIT);
 }
 
 #[test]
 fn test_second_instance_is_refused_before_any_kubelet_and_after() {
     let d = dirs();
     let mut first = start(&d, &["--plugin", "crand"]);
-    wait_log(&first, "waiting for");
+    first.wait_log("waiting for", WAIT);
     let spec = d.cdi.join("github.com.ihcsim-crand.json");
     let before = std::fs::metadata(&spec).unwrap().modified().unwrap();
     // No kubelet, so no socket shows that the first one runs: the lock does.
@@ -429,7 +426,7 @@ fn test_second_instance_is_refused_before_any_kubelet_and_after() {
     );
     // Another resource on the same dirs is another instance's business.
     let kvm = start(&d, &["--plugin", "kvm"]);
-    wait_log(&kvm, "waiting for");
+    kvm.wait_log("waiting for", WAIT);
     drop(kvm);
 
     // With the kubelet there, the same; the first keeps serving.
@@ -495,7 +492,7 @@ fn test_missing_dirs_are_made_and_said() {
             .args(&args);
         let p = Plugin::spawn(&mut cmd);
         // No kubelet here, in either mode: the plugin waits, ready.
-        wait_log(&p, "waiting for");
+        p.wait_log("waiting for", WAIT);
         let mut made = vec![(&dp, 0o750), (&cdi, 0o755)];
         if mode == "plugins-registry" {
             made.push((&registry, 0o750));
@@ -554,7 +551,7 @@ fn test_plugins_registry_mode_registers_and_survives_kubelet_restarts() {
         "nothing in the device plugin dir"
     );
     sim.allocate(CRAND, &["crand1".into()]).unwrap();
-    wait_log(&p, "registered resource=github.com.ihcsim/crand");
+    p.wait_log("registered resource=github.com.ihcsim/crand", WAIT);
 
     // A kubelet restart: the kubelet finds the same socket again.
     let inode = std::fs::metadata(&socket).unwrap().ino();
@@ -577,8 +574,8 @@ fn test_plugins_registry_mode_registers_and_survives_kubelet_restarts() {
     std::fs::remove_file(&socket).unwrap();
     sim.wait_ready(CRAND, WAIT)
         .unwrap_or_else(|e| panic!("{e}\n{}", p.log()));
-    wait_log(&p, "own socket gone");
-    wait_log_count(&p, "serving resource=", 2);
+    p.wait_log("own socket gone", WAIT);
+    p.wait_log_count("serving resource=", 2, WAIT);
 
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait_exit(WAIT).unwrap().code(), Some(0), "{}", p.log());
@@ -700,8 +697,10 @@ fn test_health_follows_the_nodes() {
 #[test]
 fn test_kvm_health_and_allocate() {
     let Ok(host) = stat("/dev/kvm") else {
-        eprintln!("SKIPPED: this host has no /dev/kvm to clone");
-        return;
+        return common::skip(
+            "test_kvm_health_and_allocate",
+            "this host has no /dev/kvm to clone",
+        );
     };
     let d = dirs();
     let kvm = d.dev.join("kvm");
@@ -719,7 +718,7 @@ fn test_kvm_health_and_allocate() {
     // Wake the health thread while kvm is healthy: probing it (open
     // read-write, close) must not wake the thread again and again.
     std::fs::write(d.dev.join("unrelated"), "").unwrap();
-    wait_log(&p, "dev dir changed");
+    p.wait_log("dev dir changed", WAIT);
     std::fs::remove_file(&kvm).unwrap();
     let devices = sim
         .wait_devices(KVM, WAIT, |d| d.iter().all(|(_, h)| h == "Unhealthy"))
@@ -748,18 +747,10 @@ fn test_both_plugins_register_two_resources() {
     }
     let sim = Sim::start(&d.plugin).unwrap();
     let _p = start(&d, &[]);
-    let mut seen = Vec::new();
-    while seen.len() < 2 {
-        let r = sim
-            .wait_for("two registrations", WAIT, |ev| match ev {
-                SimEvent::Registered { request, .. } => Some(request.resource_name.clone()),
-                _ => None,
-            })
-            .unwrap();
-        seen.push(r);
+    // Both register, in whichever order.
+    for resource in [KVM, CRAND] {
+        sim.wait_registered(resource, WAIT).unwrap();
     }
-    seen.sort();
-    assert_eq!(seen, [CRAND, KVM]);
     assert!(d.plugin.join("crand.sock").exists() && d.plugin.join("kvm.sock").exists());
 }
 
@@ -771,7 +762,7 @@ fn test_registers_again_when_the_kubelet_drops_the_stream() {
     sim.wait_ready(CRAND, WAIT).unwrap();
     assert!(sim.disconnect(CRAND));
     sim.wait_ready(CRAND, WAIT).unwrap();
-    wait_log(&p, "ListAndWatch not reopened");
+    p.wait_log("ListAndWatch not reopened", WAIT);
 }
 
 #[test]
@@ -797,7 +788,7 @@ fn test_status_lists_devices_reasons_and_pods_with_exit_codes() {
     sim.serve_pod_resources(&pod_sock).unwrap();
     let p = start(&d, &["--plugin", "crand"]);
     sim.wait_devices(CRAND, WAIT, |_| true).unwrap();
-    wait_log(&p, "registered resource=");
+    p.wait_log("registered resource=", WAIT);
     let out = status(&[]);
     assert_eq!(out.status.code(), Some(0), "all healthy");
     let pod = kubelet_plugin::sim::PodRef {

@@ -230,9 +230,8 @@ fn wait_list(
     let deadline = Instant::now() + WAIT;
     loop {
         let ev = sim
-            .events()
-            .recv_deadline(deadline)
-            .unwrap_or_else(|_| panic!("no matching list of {resource} within {WAIT:?}"));
+            .next_event(deadline)
+            .unwrap_or_else(|| panic!("no matching list of {resource} within {WAIT:?}"));
         match ev {
             SimEvent::Devices {
                 resource: r,
@@ -247,33 +246,12 @@ fn wait_list(
 
 /// Nothing happened to the kubelet's connection: no event but device lists.
 fn assert_undisturbed(sim: &Sim) {
-    for ev in sim.events().try_iter() {
+    for ev in sim.take_events() {
         assert!(
             matches!(ev, SimEvent::Devices { .. }),
             "the kubelet's stream was disturbed: {ev:?}"
         );
     }
-}
-
-/// Waits until the plugin's log holds `what` at least `n` times.
-fn wait_log_count(p: &Plugin, what: &str, n: usize, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let log = p.log();
-        let seen = log.matches(what).count();
-        if seen >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{seen} of {n} {what:?} in the log after {limit:?}:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn wait_log(p: &Plugin, what: &str) {
-    wait_log_count(p, what, 1, WAIT);
 }
 
 // ---- resources -------------------------------------------------------------
@@ -299,7 +277,7 @@ fn warm_crand() -> Warm {
     let sock = d.plugin.join("crand.sock");
     let env = env();
     drop(Stream::open(&env, &sock).next());
-    wait_log(&p, "ListAndWatch closed");
+    p.wait_log("ListAndWatch closed", WAIT);
     let base = usage(&p);
     Warm {
         env,
@@ -495,7 +473,7 @@ fn test_allocate_refuses_bad_id_lists_and_keeps_serving() {
     }
     // Every refusal is logged once, and nothing partial was handed out.
     // (The log reaches us through a pipe: wait for it, then count.)
-    wait_log_count(&p, "allocate refused", 9, WAIT);
+    p.wait_log_count("allocate refused", 9, WAIT);
     assert_eq!(
         p.log().matches("allocate refused").count(),
         9,
@@ -580,7 +558,7 @@ fn test_allocate_of_a_huge_id_is_refused_with_a_short_message() {
         "echoes {} bytes",
         s.message().len()
     );
-    wait_log(&p, "allocate refused");
+    p.wait_log("allocate refused", WAIT);
     let refused = p
         .log()
         .lines()
@@ -649,9 +627,9 @@ fn test_allocate_around_the_4_mib_receive_limit() {
         "{size}"
     );
     expect_refused(&c, &under, "unknown device ID \"x0\"");
-    wait_log(
-        &p,
+    p.wait_log(
         "allocate refused resource=github.com.ihcsim/crand: unknown device ID \"x0\"",
+        WAIT,
     );
 
     // Just over: grpc refuses it before our handler runs, and says why.
@@ -668,7 +646,7 @@ fn test_allocate_around_the_4_mib_receive_limit() {
     );
     assert_serves(&c, CRAND, "crand0", "crand0");
     // Logged after anything the oversized request could have logged.
-    wait_log(&p, "allocated resource");
+    p.wait_log("allocated resource", WAIT);
     assert_eq!(
         p.log().matches("allocate refused").count(),
         1,
@@ -706,7 +684,7 @@ fn test_allocate_answers_several_containers_in_order() {
         }
     }
     // Logged once per container, in the order asked.
-    wait_log_count(&p, "allocated resource", 4, WAIT);
+    p.wait_log_count("allocated resource", 4, WAIT);
     let logged: Vec<String> = p
         .log()
         .lines()
@@ -730,7 +708,7 @@ fn test_allocate_answers_several_containers_in_order() {
         "no device IDs in the container request",
     );
     // Whatever those two logged, it came before their refusals.
-    wait_log_count(&p, "allocate refused", 2, WAIT);
+    p.wait_log_count("allocate refused", 2, WAIT);
     assert_eq!(
         p.log().matches("allocated resource").count(),
         4,
@@ -887,7 +865,7 @@ fn test_100_concurrent_streams_dropped_at_once_leave_nothing() {
     for s in &streams {
         assert!(all_healthy(&s.next(), 3));
     }
-    wait_log_count(&p, "ListAndWatch opened", opened + 100, WAIT);
+    p.wait_log_count("ListAndWatch opened", opened + 100, WAIT);
     let busy = usage(&p);
     eprintln!("100 streams open: {busy:?}");
     // Each on its own connection: the plugin holds a socket for each (the
@@ -908,7 +886,7 @@ fn test_100_concurrent_streams_dropped_at_once_leave_nothing() {
     wait_list(&sim, CRAND, |l| health_of(l, "crand0") == "Unhealthy");
 
     drop(streams);
-    wait_log_count(&p, "ListAndWatch closed", closed + 100, WAIT);
+    p.wait_log_count("ListAndWatch closed", closed + 100, WAIT);
     assert_back_to(&p, base, "100 streams dropped");
     assert_own_threads_once(&p);
     mknod_at(&d.dev.join("crand0"), random_rdev());
@@ -927,7 +905,7 @@ fn test_kubelet_sock_that_is_a_regular_file_is_named_and_waited_out() {
     let kubelet = d.plugin.join("kubelet.sock");
     std::fs::write(&kubelet, "not a socket").unwrap();
     let mut p = start(&d, &["--plugin", "crand"]);
-    wait_log(&p, "kubelet.sock is not a socket");
+    p.wait_log("kubelet.sock is not a socket", WAIT);
     assert!(p.child.try_wait().unwrap().is_none(), "{}", p.log());
     assert!(
         !p.log().contains("register failed"),
@@ -989,7 +967,7 @@ fn test_silent_kubelet_register_times_out_and_is_retried() {
     // 20 s (UNAVAILABLE), before our 30 s deadline would (DEADLINE_EXCEEDED);
     // either way the failure is logged with why, and Register is tried
     // again on a new connection.
-    wait_log_count(&p, "register failed", 1, Duration::from_secs(40));
+    p.wait_log_count("register failed", 1, Duration::from_secs(40));
     let failed = t0.elapsed();
     let line = p
         .log()
@@ -1061,7 +1039,7 @@ fn test_stale_kubelet_sock_is_retried_with_backoff() {
     let p = start(&d, &["--plugin", "crand"]);
     // Refused at once, each time, and retried after 100, 200, 400 ms.
     for retry in ["retry_ms=100", "retry_ms=200", "retry_ms=400"] {
-        wait_log(&p, retry);
+        p.wait_log(retry, WAIT);
     }
     let log = p.log();
     let line = log.lines().find(|l| l.contains("retry_ms=100")).unwrap();
@@ -1341,9 +1319,9 @@ fn test_wrong_files_at_node_paths_after_start_are_never_touched() {
     let c = client_on(&env, &d.plugin.join("crand.sock"));
     assert_wrong_files_refused(&d, &sim, &c, &before);
     for (id, code, why) in WRONG {
-        wait_log(
-            &p,
+        p.wait_log(
             &format!("device={id} Unhealthy reason={code} why=\"{why}\""),
+            WAIT,
         );
     }
     // A kubelet restart serves and registers anew; the files stay.
@@ -1404,7 +1382,7 @@ fn test_soak_200_stream_cycles_leave_nothing() {
         let s = Stream::open(&env, &sock);
         assert!(all_healthy(&s.next(), 3), "cycle {i}");
         drop(s);
-        wait_log_count(&p, "ListAndWatch closed", closed + i + 1, WAIT);
+        p.wait_log_count("ListAndWatch closed", closed + i + 1, WAIT);
     }
     assert_back_to(&p, base, "200 stream cycles");
     assert_own_threads_once(&p);
@@ -1434,7 +1412,7 @@ fn test_soak_200_health_flips_each_seen_leave_nothing() {
     }
     eprintln!("200 flips: {:?}", t.elapsed());
     let unhealthy = "device=crand1 Unhealthy reason=missing why=\"node missing\"";
-    wait_log_count(&p, unhealthy, 201, WAIT);
+    p.wait_log_count(unhealthy, 201, WAIT);
     assert_eq!(p.log().matches(unhealthy).count(), 201);
     assert_back_to(&p, base, "200 health flips");
     assert_own_threads_once(&p);

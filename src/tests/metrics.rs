@@ -16,7 +16,7 @@ mod common;
 
 use common::{Dirs, Plugin, dirs};
 use kubelet_plugin::{
-    dirwatch::{Changes, DirWatch, Wake},
+    inventory::dirwatch::{Changes, DirWatch, Wake},
     sim::Sim,
 };
 use nix::sys::{
@@ -38,8 +38,10 @@ fn promtool() -> Option<PathBuf> {
 /// `promtool check metrics` of `text`: Prometheus's parser and linter.
 fn check_with_promtool(text: &str) {
     let Some(promtool) = promtool() else {
-        eprintln!("promtool check skipped: no promtool (`make test` fetches it)");
-        return;
+        return common::skip(
+            "promtool check metrics",
+            "no promtool (`make test` fetches it)",
+        );
     };
     let mut child = Command::new(promtool)
         .args(["check", "metrics"])

@@ -13,7 +13,7 @@ use std::{
 mod common;
 
 use common::{Dirs, dirs};
-use kubelet_plugin::sim::{Sim, SimEvent};
+use kubelet_plugin::sim::Sim;
 use nix::sys::{
     signal::Signal,
     stat::{Mode, SFlag, mknod, stat},
@@ -76,8 +76,10 @@ const STATIC: bool = cfg!(target_feature = "crt-static");
 fn test_static_binary_has_no_dynamic_deps_and_serves() {
     let bin = PathBuf::from(plugin_bin());
     if !STATIC {
-        eprintln!("skipped: not a static build; `make test` builds one (crt-static)");
-        return;
+        return common::skip(
+            "test_static_binary_has_no_dynamic_deps_and_serves",
+            "not a static build; `make test` builds one (crt-static)",
+        );
     }
     let mut file = Command::new("file");
     file.arg("-b").arg(&bin);
@@ -446,18 +448,11 @@ fn of_kind<'a>(docs: &'a [(PathBuf, Value)], kind: &str) -> Vec<&'a Value> {
 /// Waits until every resource in `want` has registered and listed its
 /// devices; returns each one's device count.
 fn wait_listed(sim: &Sim, want: &[&str]) -> BTreeMap<String, usize> {
-    let mut seen = BTreeMap::new();
-    sim.wait_for("both plugins to list their devices", WAIT, |ev| {
-        if let SimEvent::Devices {
-            resource, devices, ..
-        } = ev
-        {
-            seen.insert(resource.clone(), devices.len());
-        }
-        want.iter().all(|r| seen.contains_key(*r)).then_some(())
-    })
-    .unwrap();
-    seen
+    let lists = sim.wait_lists(want, WAIT).unwrap();
+    want.iter()
+        .zip(lists)
+        .map(|(r, l)| (r.to_string(), l.len()))
+        .collect()
 }
 
 #[test]
@@ -599,8 +594,10 @@ fn daemonset_args(d: &Dirs) -> Vec<String> {
 fn test_daemonset_image_serves_from_a_container() {
     // FROM scratch needs a static binary.
     if !STATIC {
-        eprintln!("skipped: not a static build; `make test` builds one (crt-static)");
-        return;
+        return common::skip(
+            "test_daemonset_image_serves_from_a_container",
+            "not a static build; `make test` builds one (crt-static)",
+        );
     }
     let bin = PathBuf::from(plugin_bin());
     let d = dirs();
@@ -639,18 +636,8 @@ fn test_daemonset_image_serves_from_a_container() {
     );
     // Building and starting a container takes a second or two here.
     let limit = Duration::from_secs(60);
-    let listed = sim
-        .wait_for("both plugins, from the container", limit, {
-            let mut seen = BTreeSet::new();
-            move |ev| {
-                if let SimEvent::Devices { resource, .. } = ev {
-                    seen.insert(resource.clone());
-                }
-                (seen.len() == 2).then(|| seen.clone())
-            }
-        })
+    sim.wait_lists(&[CRAND, KVM], limit)
         .unwrap_or_else(|e| panic!("{e}: {}", container.log()));
-    assert_eq!(listed, [CRAND, KVM].map(String::from).into());
     assert!(
         d.dev.join("crand0").exists(),
         "nodes made in the mounted dev dir"

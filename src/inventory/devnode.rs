@@ -9,11 +9,9 @@ use nix::{
     sys::stat::{self, Mode, SFlag},
 };
 
-pub use crate::device::{NodeId, NodeKind};
-use crate::{
-    device::{FileKind, Reason},
-    error::{Error, Result},
-};
+use super::device::{FileKind, Reason};
+pub use super::device::{NodeId, NodeKind};
+use crate::error::{Error, Result};
 
 fn node_id(st: &stat::FileStat) -> NodeId {
     NodeId {

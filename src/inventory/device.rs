@@ -1,8 +1,8 @@
-//! Pure device types: a device's ID and health, why an unhealthy device is
-//! unhealthy, what a device node is, and the difference between two device
-//! lists. No I/O and no gRPC here.
+//! Pure device types: a device's ID, health and node, why an unhealthy
+//! device is unhealthy, what a device node is, and the difference between
+//! two device lists. No I/O and no gRPC here.
 
-use std::fmt;
+use std::{fmt, path::PathBuf, sync::Arc};
 
 use nix::errno::Errno;
 
@@ -186,37 +186,45 @@ impl fmt::Display for Reason {
     }
 }
 
-/// One device of a plugin, with its health.
+/// A host device node as a container gets it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceNode {
+    /// The CDI device name inside the plugin's kind: `crand1`, `kvm`.
+    pub cdi_name: String,
+    /// The node's path in the container: `/dev/crand1`.
+    pub container_path: String,
+    /// The node's path on the host: `<dev-dir>/crand1`.
+    pub host_path: PathBuf,
+    /// Character or block device.
+    pub kind: NodeKind,
+    /// The device number of the node.
+    pub id: NodeId,
+}
+
+/// One device of a plugin: its ID, its health and the node it hands out.
+/// A snapshot of these is everything a front end needs: the IDs it
+/// announces, the health it reports and the node (with its CDI name) it
+/// hands out, from one list, so they never disagree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Device {
     /// The stable device ID sent to the kubelet, e.g. `crand1`.
     pub id: String,
     /// The current health.
     pub health: Health,
+    /// The node behind it; devices that share a node (kvm slots) share it.
+    pub node: Arc<DeviceNode>,
 }
 
 impl Device {
-    /// A healthy device.
-    pub fn healthy(id: impl Into<String>) -> Self {
+    /// Device `id` on `node`, whose check gave `check`.
+    pub fn new(id: impl Into<String>, node: Arc<DeviceNode>, check: Result<(), Reason>) -> Self {
         Device {
             id: id.into(),
-            health: Health::Healthy,
-        }
-    }
-
-    /// An unhealthy device and the reason.
-    pub fn unhealthy(id: impl Into<String>, reason: Reason) -> Self {
-        Device {
-            id: id.into(),
-            health: Health::Unhealthy(reason),
-        }
-    }
-
-    /// A device whose check gave `check`.
-    pub fn checked(id: impl Into<String>, check: Result<(), Reason>) -> Self {
-        match check {
-            Ok(()) => Device::healthy(id),
-            Err(r) => Device::unhealthy(id, r),
+            health: match check {
+                Ok(()) => Health::Healthy,
+                Err(r) => Health::Unhealthy(r),
+            },
+            node,
         }
     }
 }
@@ -233,14 +241,14 @@ pub fn changed<'a>(old: &[Device], new: &'a [Device]) -> Vec<&'a Device> {
                 .get(*i)
                 .filter(|o| o.id == d.id)
                 .or_else(|| old.iter().find(|o| o.id == d.id));
-            before != Some(*d)
+            before.map(|b| b.health) != Some(d.health)
         })
         .map(|(_, d)| d)
         .collect()
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -249,13 +257,22 @@ mod tests {
         assert_eq!(Health::Unhealthy(Reason::Missing).as_str(), "Unhealthy");
     }
 
+    /// A device on a node of its own, for tests.
+    pub fn device(id: &str, check: Result<(), Reason>) -> Device {
+        let node = DeviceNode {
+            cdi_name: id.into(),
+            container_path: format!("/dev/{id}"),
+            host_path: format!("/dev/{id}").into(),
+            kind: NodeKind::Char,
+            id: NodeId { major: 1, minor: 8 },
+        };
+        Device::new(id, Arc::new(node), check)
+    }
+
     #[test]
     fn test_changed_reports_only_differences() {
-        let old = vec![Device::healthy("a"), Device::healthy("b")];
-        let new = vec![
-            Device::healthy("a"),
-            Device::unhealthy("b", Reason::Missing),
-        ];
+        let old = vec![device("a", Ok(())), device("b", Ok(()))];
+        let new = vec![device("a", Ok(())), device("b", Err(Reason::Missing))];
         let diff = changed(&old, &new);
         assert_eq!(diff.len(), 1);
         assert_eq!(diff[0].id, "b");

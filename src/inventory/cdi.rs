@@ -1,5 +1,6 @@
-//! CDI specs: renders one spec per plugin (kind = the resource name, one
-//! CDI device per device node) and writes it atomically into the CDI dir.
+//! CDI specs: renders one spec per resource (kind = the resource name, one
+//! CDI device per device node of its device list) and writes it atomically
+//! into the CDI dir.
 //!
 //! Runtimes watch that dir and may read a file while it is written, so the
 //! spec goes to a temp file whose name does not end in `.json`, is synced,
@@ -15,8 +16,9 @@ use std::{
 
 use crate::{
     error::{Error, Result},
+    inventory::device::{Device, DeviceNode},
     json::json_str,
-    plugin::Plugin,
+    k8s_names,
 };
 
 /// The lowest CDI version that has `hostPath`; runtimes still in use
@@ -25,8 +27,19 @@ pub const CDI_VERSION: &str = "0.5.0";
 
 /// The spec's file name: `<vendor>-<class>.json`, the name the CDI
 /// library's own writer uses.
-pub fn file_name(plugin: &dyn Plugin) -> String {
-    format!("{}.json", plugin.resource().replace('/', "-"))
+pub fn file_name(resource: &str) -> String {
+    format!("{}.json", k8s_names::file_stem(resource))
+}
+
+/// The distinct nodes of `devices`, in order: devices that share a node
+/// (kvm slots, SHARE slots) give it once.
+pub fn nodes(devices: &[Device]) -> Vec<&DeviceNode> {
+    let mut seen = std::collections::HashSet::new();
+    devices
+        .iter()
+        .map(|d| d.node.as_ref())
+        .filter(|n| seen.insert(n.cdi_name.as_str()))
+        .collect()
 }
 
 /// The environment variable a container gets for a device:
@@ -45,16 +58,16 @@ pub fn env_name(cdi_name: &str) -> String {
     format!("CDI_DEVICE_{name}")
 }
 
-/// The spec of `plugin` as JSON, one device per line group, stable byte for
-/// byte for the same plugin and host.
-pub fn render(plugin: &dyn Plugin) -> String {
+/// The spec of `resource` whose devices are `devices` as JSON, one device
+/// per line group, stable byte for byte for the same devices.
+pub fn render(resource: &str, devices: &[Device]) -> String {
     let mut out = String::new();
     out.push_str("{\n");
     let _ = writeln!(out, "  \"cdiVersion\": {},", json_str(CDI_VERSION));
-    let _ = writeln!(out, "  \"kind\": {},", json_str(plugin.resource()));
+    let _ = writeln!(out, "  \"kind\": {},", json_str(resource));
     out.push_str("  \"devices\": [");
-    for (i, node) in plugin.nodes().iter().enumerate() {
-        let fq = format!("{}={}", plugin.resource(), node.cdi_name);
+    for (i, node) in nodes(devices).iter().enumerate() {
+        let fq = format!("{resource}={}", node.cdi_name);
         out.push_str(if i == 0 { "\n" } else { ",\n" });
         let _ = write!(
             out,
@@ -72,11 +85,11 @@ pub fn render(plugin: &dyn Plugin) -> String {
     out
 }
 
-/// Writes `plugin`'s spec into `dir` atomically with mode 0644 and returns
-/// its path. An unchanged spec is left as it is.
-pub fn write(dir: &Path, plugin: &dyn Plugin) -> Result<PathBuf> {
-    let path = dir.join(file_name(plugin));
-    let spec = render(plugin);
+/// Writes the spec of `resource` with `devices` into `dir` atomically with
+/// mode 0644 and returns its path. An unchanged spec is left as it is.
+pub fn write(dir: &Path, resource: &str, devices: &[Device]) -> Result<PathBuf> {
+    let path = dir.join(file_name(resource));
+    let spec = render(resource, devices);
     if fs::read(&path).is_ok_and(|old| old == spec.as_bytes()) {
         return Ok(path);
     }

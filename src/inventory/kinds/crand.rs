@@ -1,16 +1,15 @@
 //! The crand plugin: `crand0`..`crand{N-1}`, character nodes in the dev dir
 //! that clone the host's `/dev/random` (same major:minor).
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{path::Path, sync::Arc};
 
-use super::{Affected, DeviceNode, Flags, Kind, Plugin, count, parse_index};
+use super::{Affected, Flags, Kind, KindFlag, Plugin, parse_index};
 use crate::{
-    device::Device,
-    devnode::{self, NodeId, NodeKind},
     error::Result,
+    inventory::{
+        device::{Device, DeviceNode},
+        devnode::{self, NodeId, NodeKind},
+    },
 };
 
 /// The host node every crand device clones.
@@ -19,10 +18,18 @@ pub const HOST_RANDOM: &str = "/dev/random";
 /// The crand kind: one plugin of `--crand-count` devices.
 pub const KIND: Kind = Kind {
     name: "crand",
-    flags: &["--crand-count"],
+    help: "crand0.. : character nodes made in the dev dir, clones of the host's /dev/random",
+    flags: &[KindFlag {
+        name: "--crand-count",
+        value: "N",
+        default: Some("3"),
+        repeatable: false,
+        number: true,
+        help: "number of crand devices",
+    }],
     by_plugin_flag: true,
     build: |f: &Flags| {
-        let n = count("--crand-count", f.crand_count)?;
+        let n = f.count("--crand-count")?;
         Ok(vec![
             Arc::new(Crand::new(f.domain, f.dev_dir, n)?) as Arc<dyn Plugin>
         ])
@@ -33,8 +40,8 @@ pub const KIND: Kind = Kind {
 #[derive(Debug)]
 pub struct Crand {
     resource: String,
-    dev_dir: PathBuf,
-    count: usize,
+    /// Node i of device `crand<i>`.
+    nodes: Vec<Arc<DeviceNode>>,
     id: NodeId,
     /// The host node's permission bits, which the clones get too.
     mode: u32,
@@ -45,29 +52,31 @@ impl Crand {
     /// the host's `/dev/random` once: it is 1:8 on Linux, but read, not
     /// assumed; its mode (0666 on Linux) too.
     pub fn new(domain: &str, dev_dir: &Path, count: usize) -> Result<Self> {
+        let id = devnode::host_node(Path::new(HOST_RANDOM))?;
+        let nodes = (0..count)
+            .map(|i| {
+                let name = format!("crand{i}");
+                Arc::new(DeviceNode {
+                    container_path: format!("/dev/{name}"),
+                    host_path: dev_dir.join(&name),
+                    cdi_name: name,
+                    kind: NodeKind::Char,
+                    id,
+                })
+            })
+            .collect();
         Ok(Crand {
             resource: format!("{domain}/crand"),
-            dev_dir: dev_dir.to_path_buf(),
-            count,
-            id: devnode::host_node(Path::new(HOST_RANDOM))?,
+            nodes,
+            id,
             mode: devnode::host_mode(Path::new(HOST_RANDOM))?,
         })
     }
 
-    fn node_of(&self, index: usize) -> DeviceNode {
-        let name = format!("crand{index}");
-        DeviceNode {
-            container_path: format!("/dev/{name}"),
-            host_path: self.dev_dir.join(&name),
-            cdi_name: name,
-            kind: NodeKind::Char,
-            id: self.id,
-        }
-    }
-
     fn probe_index(&self, index: usize) -> Device {
-        let node = self.node_of(index);
-        Device::checked(node.cdi_name, devnode::check_char(&node.host_path, self.id))
+        let node = &self.nodes[index];
+        let check = devnode::check_char(&node.host_path, self.id);
+        Device::new(node.cdi_name.clone(), node.clone(), check)
     }
 }
 
@@ -85,7 +94,7 @@ impl Plugin for Crand {
     }
 
     fn prepare(&self) -> Result<()> {
-        for node in self.nodes() {
+        for node in &self.nodes {
             if devnode::ensure_char(&node.host_path, self.id, self.mode)? {
                 log::debug!("made node={} id={}", node.host_path.display(), self.id);
             }
@@ -94,14 +103,14 @@ impl Plugin for Crand {
     }
 
     fn probe(&self) -> Vec<Device> {
-        (0..self.count).map(|i| self.probe_index(i)).collect()
+        (0..self.nodes.len()).map(|i| self.probe_index(i)).collect()
     }
 
     fn affected(&self, entry: &Path) -> Affected {
         // Device i is node crandI and nothing else.
         match entry
             .to_str()
-            .and_then(|e| parse_index(e, "crand", self.count))
+            .and_then(|e| parse_index(e, "crand", self.nodes.len()))
         {
             Some(i) => Affected::Devices(vec![format!("crand{i}")]),
             None => Affected::Nothing,
@@ -109,14 +118,6 @@ impl Plugin for Crand {
     }
 
     fn probe_device(&self, id: &str) -> Option<Device> {
-        parse_index(id, "crand", self.count).map(|i| self.probe_index(i))
-    }
-
-    fn node(&self, id: &str) -> Option<DeviceNode> {
-        parse_index(id, "crand", self.count).map(|i| self.node_of(i))
-    }
-
-    fn nodes(&self) -> Vec<DeviceNode> {
-        (0..self.count).map(|i| self.node_of(i)).collect()
+        parse_index(id, "crand", self.nodes.len()).map(|i| self.probe_index(i))
     }
 }

@@ -21,23 +21,34 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use super::{Affected, DeviceNode, Flags, Kind, MAX_DEVICES, Plugin};
+use super::{Affected, Flags, Kind, KindFlag, MAX_DEVICES, Plugin};
 use crate::{
-    device::{Device, NodeId, NodeKind, Reason},
-    devnode,
     error::{Error, Result},
-    sim::validate,
+    inventory::{
+        device::{Device, DeviceNode, NodeId, NodeKind, Reason},
+        devnode,
+        glob::{check_glob, glob_match},
+    },
+    k8s_names,
 };
 
 /// The dev kind: one plugin per `--device` flag.
 pub const KIND: Kind = Kind {
     name: "dev",
-    flags: &["--device"],
+    help: "the node's own devices by pattern, one resource <domain>/NAME per --device",
+    flags: &[KindFlag {
+        name: "--device",
+        value: "NAME=PATTERN[:SHARE]",
+        default: None,
+        repeatable: true,
+        number: false,
+        help: "a resource <domain>/NAME of the character or block nodes under --dev-dir matching the glob PATTERN (e.g. ttyUSB*, serial/by-id/*), each shared by SHARE pods (default 1); repeatable",
+    }],
     by_plugin_flag: false,
     build: |f: &Flags| {
         let mut names = HashSet::new();
         let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
-        for flag in f.devices {
+        for flag in f.values("--device") {
             let spec = DeviceFlag::parse(flag)?;
             if !names.insert(spec.name.clone()) {
                 return Err(Error::Invalid(format!(
@@ -85,7 +96,7 @@ impl DeviceFlag {
                 "NAME {name:?} is the resource of the {name} plugin"
             )));
         }
-        validate::resource_name(&format!("example.com/{name}")).map_err(|_| {
+        k8s_names::resource_name(&format!("example.com/{name}")).map_err(|_| {
             bad(format!(
                 "NAME {name:?} is no resource name: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
             ))
@@ -131,93 +142,6 @@ impl DeviceFlag {
             share,
         })
     }
-}
-
-/// Checks a glob's syntax: every `[` closed.
-fn check_glob(glob: &str) -> std::result::Result<(), String> {
-    let b = glob.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'[' {
-            let end = class_end(b, i).ok_or_else(|| format!("unclosed '[' in {glob:?}"))?;
-            i = end;
-        }
-        i += 1;
-    }
-    Ok(())
-}
-
-/// The index of the `]` closing the class that opens at `open`.
-fn class_end(b: &[u8], open: usize) -> Option<usize> {
-    let mut i = open + 1;
-    if i < b.len() && (b[i] == b'!' || b[i] == b'^') {
-        i += 1;
-    }
-    // A `]` first in the class is a member.
-    if i < b.len() && b[i] == b']' {
-        i += 1;
-    }
-    (i..b.len()).find(|&j| b[j] == b']')
-}
-
-/// Whether `name` matches the shell glob `glob` (`*`, `?`, `[...]` with
-/// ranges and `!`/`^` negation). As in the shell, a name starting with `.`
-/// matches only a glob starting with `.`.
-pub fn glob_match(glob: &str, name: &str) -> bool {
-    if name.starts_with('.') && !glob.starts_with('.') {
-        return false;
-    }
-    matches(glob.as_bytes(), name.as_bytes())
-}
-
-fn matches(g: &[u8], n: &[u8]) -> bool {
-    let (mut gi, mut ni) = (0, 0);
-    // Where the last `*` was, and the name position it is retried from.
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        let step = match g.get(gi) {
-            Some(b'*') => {
-                star = Some((gi, ni));
-                gi += 1;
-                continue;
-            }
-            Some(b'?') => Some(gi + 1),
-            Some(b'[') => class_end(g, gi).and_then(|end| {
-                let (negate, from) = match g.get(gi + 1) {
-                    Some(b'!' | b'^') => (true, gi + 2),
-                    _ => (false, gi + 1),
-                };
-                let set = &g[from..end];
-                let mut hit = false;
-                let mut k = 0;
-                while k < set.len() {
-                    if k + 2 < set.len() && set[k + 1] == b'-' {
-                        hit |= (set[k]..=set[k + 2]).contains(&n[ni]);
-                        k += 3;
-                    } else {
-                        hit |= set[k] == n[ni];
-                        k += 1;
-                    }
-                }
-                (hit != negate).then_some(end + 1)
-            }),
-            Some(&c) if c == n[ni] => Some(gi + 1),
-            _ => None,
-        };
-        match (step, star) {
-            (Some(next), _) => {
-                gi = next;
-                ni += 1;
-            }
-            (None, Some((sg, sn))) => {
-                gi = sg + 1;
-                ni = sn + 1;
-                star = Some((sg, sn + 1));
-            }
-            (None, None) => return false,
-        }
-    }
-    g[gi..].iter().all(|&c| c == b'*')
 }
 
 /// FNV-1a, 32 bits: a short stable hash for IDs.
@@ -268,13 +192,18 @@ pub fn node_id(rel: &str) -> String {
     id
 }
 
+/// What a matched path leads to: the node's kind, number and real path.
+type Found = (NodeKind, NodeId, PathBuf);
+
 /// A node the plugin knows: found matching once, kept until forgotten.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Known {
     /// The matched path under the dev dir (a link stays the link).
     rel: PathBuf,
-    /// What it was when last seen: the node behind it, its real path.
-    node: (NodeKind, NodeId, PathBuf),
+    /// What it was when last seen.
+    found: Found,
+    /// The node its devices hand out, made from `found`.
+    node: Arc<DeviceNode>,
     /// Why it is unhealthy now.
     broken: Option<Reason>,
 }
@@ -283,8 +212,6 @@ struct Known {
 struct State {
     /// By node ID, in order.
     known: BTreeMap<String, Known>,
-    /// Bumped whenever the nodes (the CDI spec) change.
-    version: u64,
     /// Whether "too many devices" was said.
     capped: bool,
 }
@@ -329,7 +256,7 @@ impl Dev {
     }
 
     /// The node behind `rel` (its link target when it is a link).
-    fn look(&self, rel: &Path) -> std::result::Result<(NodeKind, NodeId, PathBuf), Reason> {
+    fn look(&self, rel: &Path) -> std::result::Result<Found, Reason> {
         let path = self.dev_dir.join(rel);
         let (kind, id) = devnode::inspect(&path)?;
         let real = std::fs::canonicalize(&path).unwrap_or(path);
@@ -346,53 +273,21 @@ impl Dev {
         }
     }
 
-    /// The node ID of device `id`.
-    fn node_of_device<'a>(&self, id: &'a str) -> Option<&'a str> {
-        if self.spec.share == 1 {
-            return Some(id);
-        }
-        let (node, k) = id.rsplit_once('-')?;
-        let canonical = !k.is_empty() && (k == "0" || !k.starts_with('0'));
-        let k: usize = k.parse().ok().filter(|_| canonical)?;
-        (k < self.spec.share).then_some(node)
-    }
-
-    fn device_node(&self, id: &str, known: &Known) -> DeviceNode {
-        let (kind, number, real) = &known.node;
-        DeviceNode {
+    /// The node a container gets for node ID `id` at `rel`: the real node,
+    /// at the matched path under `/dev`.
+    fn device_node(id: &str, rel: &Path, (kind, number, real): &Found) -> Arc<DeviceNode> {
+        Arc::new(DeviceNode {
             cdi_name: id.to_string(),
-            container_path: Path::new("/dev").join(&known.rel).display().to_string(),
+            container_path: Path::new("/dev").join(rel).display().to_string(),
             host_path: real.clone(),
             kind: *kind,
             id: *number,
-        }
-    }
-}
-
-impl Plugin for Dev {
-    fn kind(&self) -> &'static str {
-        KIND.name
+        })
     }
 
-    fn name(&self) -> &str {
-        &self.spec.name
-    }
-
-    fn resource(&self) -> &str {
-        &self.resource
-    }
-
-    fn prepare(&self) -> Result<()> {
-        // The nodes are the host's: never made here.
-        Ok(())
-    }
-
-    fn probe(&self) -> Vec<Device> {
-        let mut state = self.lock();
-        let found = self.matching();
-        let present: HashSet<&PathBuf> = found.iter().collect();
-        let mut changed = false;
-        // What is known: healthy while its node is there.
+    /// Looks at every known node again: healthy while it is there, its
+    /// node followed when it changed.
+    fn recheck(&self, state: &mut State, present: &HashSet<&PathBuf>) {
         for (id, known) in state.known.iter_mut() {
             let now = if present.contains(&known.rel) {
                 self.look(&known.rel)
@@ -400,22 +295,26 @@ impl Plugin for Dev {
                 Err(Reason::Missing)
             };
             match now {
-                Ok(node) => {
-                    if node != known.node {
+                Ok(found) => {
+                    if found != known.found {
                         log::info!(
                             "device node changed resource={} device={id} node={}",
                             self.resource,
-                            node.2.display()
+                            found.2.display()
                         );
-                        known.node = node;
-                        changed = true;
+                        known.node = Dev::device_node(id, &known.rel, &found);
+                        known.found = found;
                     }
                     known.broken = None;
                 }
                 Err(why) => known.broken = Some(why),
             }
         }
-        // New device nodes that match; files that are not nodes are skipped.
+    }
+
+    /// Takes in the device nodes among `found` not known yet; files that
+    /// are not nodes are skipped.
+    fn admit(&self, state: &mut State, found: &[PathBuf]) {
         let taken: HashSet<PathBuf> = state.known.values().map(|k| k.rel.clone()).collect();
         let mut devices_total = state.known.len() * self.spec.share;
         for rel in found.iter().filter(|r| !taken.contains(*r)) {
@@ -442,30 +341,53 @@ impl Plugin for Dev {
                 self.dev_dir.join(rel).display(),
                 node.2.display()
             );
+            let shown = Dev::device_node(&id, rel, &node);
             state.known.insert(
                 id,
                 Known {
                     rel: rel.clone(),
-                    node,
+                    found: node,
+                    node: shown,
                     broken: None,
                 },
             );
             devices_total += self.spec.share;
-            changed = true;
         }
-        if changed {
-            state.version += 1;
-        }
+    }
+}
+
+impl Plugin for Dev {
+    fn kind(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    fn resource(&self) -> &str {
+        &self.resource
+    }
+
+    fn prepare(&self) -> Result<()> {
+        // The nodes are the host's: never made here.
+        Ok(())
+    }
+
+    fn probe(&self) -> Vec<Device> {
+        let mut state = self.lock();
+        let found = self.matching();
+        let present: HashSet<&PathBuf> = found.iter().collect();
+        self.recheck(&mut state, &present);
+        self.admit(&mut state, &found);
         state
             .known
             .iter()
             .flat_map(|(id, k)| {
+                let check = k.broken.map_or(Ok(()), Err);
                 self.device_ids(id)
                     .into_iter()
-                    .map(move |d| match k.broken {
-                        None => Device::healthy(d),
-                        Some(why) => Device::unhealthy(d, why),
-                    })
+                    .map(move |d| Device::new(d, k.node.clone(), check))
             })
             .collect()
     }
@@ -484,39 +406,15 @@ impl Plugin for Dev {
         }
     }
 
-    fn node(&self, id: &str) -> Option<DeviceNode> {
-        let node = self.node_of_device(id)?;
-        let state = self.lock();
-        state.known.get(node).map(|k| self.device_node(node, k))
-    }
-
-    fn nodes(&self) -> Vec<DeviceNode> {
-        let state = self.lock();
-        state
-            .known
-            .iter()
-            .map(|(id, k)| self.device_node(id, k))
-            .collect()
-    }
-
-    fn nodes_version(&self) -> u64 {
-        self.lock().version
-    }
-
     fn forget_missing(&self) {
-        let mut state = self.lock();
-        let before = state.known.len();
         let resource = &self.resource;
-        state.known.retain(|id, k| {
+        self.lock().known.retain(|id, k| {
             let keep = k.broken.is_none();
             if !keep {
                 log::info!("device dropped resource={resource} device={id}");
             }
             keep
         });
-        if state.known.len() != before {
-            state.version += 1;
-        }
     }
 
     fn watch_dirs(&self) -> Vec<PathBuf> {
@@ -531,28 +429,6 @@ impl Plugin for Dev {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn test_globs_like_the_shell() {
-        for (g, n, want) in [
-            ("ttyUSB*", "ttyUSB0", true),
-            ("ttyUSB*", "ttyUSB", true),
-            ("ttyUSB*", "ttyACM0", false),
-            ("video[0-9]*", "video12", true),
-            ("video[0-9]*", "videox", false),
-            ("video[!0-9]*", "videox", true),
-            ("tty?", "tty1", true),
-            ("tty?", "tty10", false),
-            ("*", ".hidden", false),
-            (".*", ".hidden", true),
-            ("a*b*c", "aXbYbZc", true),
-            ("a*b*c", "aXbYbZ", false),
-            ("[]]x", "]x", true),
-            ("tun", "tun", true),
-        ] {
-            assert_eq!(glob_match(g, n), want, "{g} {n}");
-        }
-    }
 
     #[test]
     fn test_device_flags_are_checked_with_clear_messages() {
@@ -605,7 +481,7 @@ mod tests {
             assert!(b.len() <= 63 && b[0].is_ascii_alphanumeric());
             assert!(b[b.len() - 1].is_ascii_alphanumeric(), "{id}");
             assert!(
-                validate::resource_name(&format!("example.com/{id}")).is_ok(),
+                k8s_names::resource_name(&format!("example.com/{id}")).is_ok(),
                 "{id}"
             );
         }

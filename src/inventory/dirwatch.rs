@@ -9,9 +9,8 @@
 
 use std::{
     collections::HashMap,
-    os::fd::{AsFd, OwnedFd},
+    os::fd::AsFd,
     path::{Path, PathBuf},
-    sync::Arc,
     time::Duration,
 };
 
@@ -21,30 +20,10 @@ use nix::{
     sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor},
 };
 
-use crate::error::{Error, Result};
-
-/// Dropping the stopper wakes and stops the watcher it was made with.
-#[derive(Debug)]
-pub struct Stopper(#[allow(dead_code)] OwnedFd);
-
-impl Stopper {
-    /// A stopper of whatever polls the read end of the pipe whose write end
-    /// this is: dropping it closes the pipe, which the reader sees.
-    pub fn new(write_end: OwnedFd) -> Stopper {
-        Stopper(write_end)
-    }
-}
-
-/// Wakes the watcher it was made with ([`Wake::Kicked`]).
-#[derive(Clone, Debug)]
-pub struct Kicker(Arc<OwnedFd>);
-
-impl Kicker {
-    /// Wakes the watcher; kicks before it wakes count as one.
-    pub fn kick(&self) {
-        let _ = nix::unistd::write(self.0.as_fd(), &[1]);
-    }
-}
+use crate::{
+    error::{Error, Result},
+    wake::{self, Kicker, Stopper, WakeFd},
+};
 
 /// What [`DirWatch::wait`] saw.
 #[derive(Debug, PartialEq, Eq)]
@@ -92,8 +71,8 @@ pub struct DirWatch {
     roots: Vec<PathBuf>,
     /// Every watch: its root and its dir relative to the root.
     watches: HashMap<WatchDescriptor, Vec<(usize, PathBuf)>>,
-    stop: OwnedFd,
-    kick: OwnedFd,
+    stop: WakeFd,
+    kick: WakeFd,
     kicker: Kicker,
 }
 
@@ -114,19 +93,16 @@ impl DirWatch {
     pub fn new(roots: &[&Path]) -> Result<(DirWatch, Stopper)> {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(|e| Error::io("start inotify for", roots[0], e))?;
-        let pipe = || {
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-                .map_err(|e| Error::io("create wake pipe for", roots[0], e))
-        };
-        let (stop, stopper) = pipe()?;
-        let (kick, kicker) = pipe()?;
+        let what = roots[0].display().to_string();
+        let (stop, stopper) = wake::stop_pipe(&what)?;
+        let (kick, kicker) = wake::kick_pipe(&what)?;
         let mut watch = DirWatch {
             inotify,
             roots: roots.iter().map(|r| r.to_path_buf()).collect(),
             watches: HashMap::new(),
             stop,
             kick,
-            kicker: Kicker(Arc::new(kicker)),
+            kicker,
         };
         for (group, root) in roots.iter().enumerate() {
             let wd = watch
@@ -139,7 +115,7 @@ impl DirWatch {
                 .or_default()
                 .push((group, PathBuf::new()));
         }
-        Ok((watch, Stopper(stopper)))
+        Ok((watch, stopper))
     }
 
     /// A handle that wakes this watch.
@@ -205,8 +181,7 @@ impl DirWatch {
             return Ok(Wake::Stopped);
         }
         if ready(&fds[2]) {
-            let mut buf = [0u8; 64];
-            while nix::unistd::read(self.kick.as_fd(), &mut buf).is_ok_and(|n| n > 0) {}
+            self.kick.drain();
             return Ok(Wake::Kicked);
         }
         let mut changes: Vec<Changes> = self.roots.iter().map(|_| Changes::None).collect();

@@ -3,20 +3,30 @@
 
 use std::{fs::OpenOptions, path::Path, sync::Arc};
 
-use super::{Affected, DeviceNode, Flags, Kind, Plugin, count, parse_index};
+use super::{Affected, Flags, Kind, KindFlag, Plugin};
 use crate::{
-    device::{Device, Reason},
-    devnode::{self, NodeId, NodeKind},
     error::Result,
+    inventory::{
+        device::{Device, DeviceNode, Reason},
+        devnode::{self, NodeId, NodeKind},
+    },
 };
 
 /// The kvm kind: one plugin of `--kvm-count` slots.
 pub const KIND: Kind = Kind {
     name: "kvm",
-    flags: &["--kvm-count"],
+    help: "kvm0.. : slots sharing the host's /dev/kvm (<dev-dir>/kvm)",
+    flags: &[KindFlag {
+        name: "--kvm-count",
+        value: "N",
+        default: Some("1"),
+        repeatable: false,
+        number: true,
+        help: "number of pods that may share /dev/kvm",
+    }],
     by_plugin_flag: true,
     build: |f: &Flags| {
-        let n = count("--kvm-count", f.kvm_count)?;
+        let n = f.count("--kvm-count")?;
         Ok(vec![
             Arc::new(Kvm::new(f.domain, f.dev_dir, n)) as Arc<dyn Plugin>
         ])
@@ -37,7 +47,7 @@ const KVM_FALLBACK: NodeId = NodeId {
 #[derive(Debug)]
 pub struct Kvm {
     resource: String,
-    node: DeviceNode,
+    node: Arc<DeviceNode>,
     count: usize,
 }
 
@@ -47,13 +57,13 @@ impl Kvm {
         let id = devnode::host_node(Path::new(HOST_KVM)).unwrap_or(KVM_FALLBACK);
         Kvm {
             resource: format!("{domain}/kvm"),
-            node: DeviceNode {
+            node: Arc::new(DeviceNode {
                 cdi_name: "kvm".into(),
                 container_path: HOST_KVM.into(),
                 host_path: dev_dir.join("kvm"),
                 kind: NodeKind::Char,
                 id,
-            },
+            }),
             count,
         }
     }
@@ -94,7 +104,7 @@ impl Plugin for Kvm {
     fn probe(&self) -> Vec<Device> {
         let state = self.check();
         (0..self.count)
-            .map(|i| Device::checked(format!("kvm{i}"), state))
+            .map(|i| Device::new(format!("kvm{i}"), self.node.clone(), state))
             .collect()
     }
 
@@ -106,13 +116,5 @@ impl Plugin for Kvm {
         } else {
             Affected::Nothing
         }
-    }
-
-    fn node(&self, id: &str) -> Option<DeviceNode> {
-        parse_index(id, "kvm", self.count).map(|_| self.node.clone())
-    }
-
-    fn nodes(&self) -> Vec<DeviceNode> {
-        vec![self.node.clone()]
     }
 }

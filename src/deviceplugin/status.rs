@@ -1,0 +1,77 @@
+//! Our own status service (`proto/status.proto`), served beside the
+//! DevicePlugin service on each plugin socket: the device list with the
+//! reason of every unhealthy device, which ListAndWatch has no field for,
+//! and the front end's state of the resource. `kubelet-plugin status`
+//! reads it; the kubelet never calls it.
+
+use std::sync::Arc;
+
+use grpcio::{RpcContext, UnarySink};
+
+use crate::{
+    api::{status, status_grpc},
+    inventory::device::Device,
+    rpc::reply,
+    watch::Watch,
+};
+
+/// Our status service, beside the DevicePlugin service on each socket: the
+/// device list with the reason of every unhealthy device, which
+/// ListAndWatch has no field for (`kubelet-plugin status` reads it).
+#[derive(Clone)]
+pub struct StatusService {
+    resource: String,
+    devices: Arc<Watch<Vec<Device>>>,
+    registration: &'static str,
+    state: Arc<dyn Fn() -> String + Send + Sync>,
+}
+
+impl StatusService {
+    /// The status of `resource` from its snapshot; `state` tells the
+    /// supervisor's state of the plugin.
+    pub fn new(
+        resource: &str,
+        devices: Arc<Watch<Vec<Device>>>,
+        registration: &'static str,
+        state: Arc<dyn Fn() -> String + Send + Sync>,
+    ) -> Self {
+        StatusService {
+            resource: resource.into(),
+            devices,
+            registration,
+            state,
+        }
+    }
+}
+
+impl status_grpc::Status for StatusService {
+    fn devices(
+        &mut self,
+        ctx: RpcContext,
+        _req: status::DevicesRequest,
+        sink: UnarySink<status::DevicesResponse>,
+    ) {
+        let devices = self.devices.get();
+        let resp = status::DevicesResponse {
+            resource: self.resource.clone(),
+            devices: devices
+                .iter()
+                .map(|d| status::DeviceStatus {
+                    id: d.id.clone(),
+                    health: d.health.as_str().into(),
+                    reason: d
+                        .health
+                        .reason()
+                        .map(|r| r.code().into())
+                        .unwrap_or_default(),
+                    why: d.health.reason().map(|r| r.to_string()).unwrap_or_default(),
+                    ..Default::default()
+                })
+                .collect(),
+            registration: self.registration.into(),
+            state: (self.state)(),
+            ..Default::default()
+        };
+        reply(&ctx, sink, Ok(resp));
+    }
+}

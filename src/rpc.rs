@@ -1,0 +1,89 @@
+//! gRPC on unix sockets, as every server of ours needs it: binding a
+//! socket safely (never taking one a live server uses, mode 0600, moved
+//! into place only once it serves) and answering unary calls without
+//! blocking grpcio's poll thread.
+
+use std::{path::Path, sync::Arc};
+
+use futures_util::FutureExt as _;
+use grpcio::{
+    Environment, RpcContext, RpcStatus, Server, ServerBuilder, ServerCredentials, UnarySink,
+};
+
+use crate::{
+    error::{Error, Result},
+    socket::socket_answers,
+};
+
+/// Sends the answer of a unary call; a client gone meanwhile is logged.
+pub fn reply<T: Send + 'static>(
+    ctx: &RpcContext,
+    sink: UnarySink<T>,
+    result: std::result::Result<T, RpcStatus>,
+) {
+    let done = match result {
+        Ok(resp) => sink.success(resp),
+        Err(status) => sink.fail(status),
+    };
+    ctx.spawn(done.map(|r| {
+        if let Err(e) = r {
+            log::debug!("reply not delivered: {e}");
+        }
+    }));
+}
+
+/// Binds and starts a grpcio server for `services` on the unix socket
+/// `path`, mode 0600.
+///
+/// grpcio silently replaces a socket file even while a live server uses it,
+/// so a socket that answers is refused (another instance runs there); one
+/// that does not is stale (left by a killed process) and is removed.
+///
+/// The socket is bound under a dot name beside `path` and renamed into
+/// place once the server is started: whoever watches the dir (the
+/// kubelet's plugin watcher) never finds it bound but not yet listening,
+/// which refuses a connection. Dropping the server leaves `path` behind:
+/// [`crate::socket::remove_socket`] removes it.
+pub fn serve(env: Arc<Environment>, services: Vec<grpcio::Service>, path: &Path) -> Result<Server> {
+    if std::fs::symlink_metadata(path).is_ok() {
+        if socket_answers(path) {
+            return Err(Error::Busy(format!(
+                "another process is serving on {}: refusing to take its socket",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path).map_err(|e| Error::io("remove stale socket", path, e))?;
+        log::info!("removed stale socket path={}", path.display());
+    }
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let bound_at = path.with_file_name(format!(".{name}.tmp"));
+    match std::fs::remove_file(&bound_at) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::io("remove stale socket", &bound_at, e));
+        }
+        _ => {}
+    }
+    let builder = services
+        .into_iter()
+        .fold(ServerBuilder::new(env), ServerBuilder::register_service);
+    let mut server = builder.build().map_err(|source| Error::Grpc {
+        op: "build gRPC server".into(),
+        source,
+    })?;
+    // Sockets are made 0777 minus the umask and grpcio has no mode option:
+    // narrow the umask around the bind so only root can connect.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = server.add_listening_port(
+        format!("unix:{}", bound_at.display()),
+        ServerCredentials::insecure(),
+    );
+    nix::sys::stat::umask(old);
+    bound.map_err(|source| Error::Grpc {
+        op: format!("bind socket {}", bound_at.display()),
+        source,
+    })?;
+    server.start();
+    std::fs::rename(&bound_at, path)
+        .map_err(|e| Error::io("move socket into place at", path, e))?;
+    Ok(server)
+}
