@@ -14,7 +14,15 @@ use protobuf2::Message as _;
 
 /// Each API: its file stem in `proto/`, which also names its modules
 /// (`<stem>` for the messages, `<stem>_grpc` for the stubs).
-const APIS: &[&str] = &["api", "pluginregistration", "podresources", "status"];
+const APIS: &[&str] = &[
+    "api",
+    "pluginregistration",
+    "podresources",
+    "status",
+    "dra_v1",
+    "dra_v1beta1",
+    "dra_health",
+];
 
 fn main() {
     let out = env::var("OUT_DIR").expect("cargo sets OUT_DIR");
