@@ -1,11 +1,12 @@
 //! `kubelet-sim`: the kubelet simulator's command line. `serve` plays the
-//! kubelet in a directory and takes commands on stdin; `demo` runs a device
-//! plugin binary against it and narrates what happens.
+//! kubelet in a directory (and its plugin watcher, for device plugins and
+//! DRA drivers) and takes commands on stdin; `demo` runs a device plugin
+//! binary against it and narrates what happens.
 
 use std::{io::BufRead, path::PathBuf, process::ExitCode, time::Instant};
 
 use argh::FromArgs;
-use kubelet_plugin::sim::{Sim, SimEvent, bench, demo};
+use kubelet_plugin::sim::{KubeletVersion, Sim, SimEvent, bench, demo, dra};
 
 #[derive(FromArgs)]
 /// A kubelet stand-in for device plugins: serves Registration on kubelet.sock,
@@ -29,7 +30,10 @@ enum Cmd {
 #[derive(FromArgs)]
 #[argh(subcommand, name = "serve")]
 /// Play the kubelet in DIR until stdin ends or says quit. Commands on stdin:
-/// `allocate RESOURCE N`, `devices`, `restart`, `quit`.
+/// `allocate RESOURCE N`, `devices`, `restart`, `quit`; for a DRA driver
+/// registered through --plugins-registry-dir, `prepare DRIVER
+/// NAMESPACE/NAME/UID...` and `unprepare DRIVER NAMESPACE/NAME/UID...`
+/// (one call for all the claims, as the kubelet makes one per pod).
 struct Serve {
     /// the device plugin directory (default /var/lib/kubelet/device-plugins)
     #[argh(option, default = "PathBuf::from(\"/var/lib/kubelet/device-plugins\")")]
@@ -38,6 +42,11 @@ struct Serve {
     /// plugins whose registration sockets are there
     #[argh(option)]
     plugins_registry_dir: Option<PathBuf>,
+    /// the kubelet to play towards DRA drivers: 1.36 (default: v1 or
+    /// v1beta1 from the driver's supported versions, health stream) or 1.32
+    /// (always v1beta1, no health stream)
+    #[argh(option, default = "KubeletVersion::V1_36")]
+    kubelet_version: KubeletVersion,
 }
 
 #[derive(FromArgs)]
@@ -129,7 +138,120 @@ fn print_event(start: Instant, ev: &SimEvent) {
                 ms(at)
             )
         }
+        ev => print_dra_event(start, ev),
     }
+}
+
+fn print_dra_event(start: Instant, ev: &SimEvent) {
+    let ms = |at: &Instant| at.duration_since(start).as_secs_f64() * 1000.0;
+    match ev {
+        SimEvent::DraRegistered {
+            driver,
+            endpoint,
+            service,
+            at,
+        } => println!(
+            "[{:>9.1} ms] dra registered driver={driver} endpoint={endpoint} service={service}",
+            ms(at)
+        ),
+        SimEvent::DraRejected {
+            driver,
+            socket,
+            error,
+            at,
+        } => println!(
+            "[{:>9.1} ms] dra rejected driver={driver} socket={}: {error}",
+            ms(at),
+            socket.display()
+        ),
+        SimEvent::DraHealth {
+            driver,
+            devices,
+            at,
+        } => {
+            println!("[{:>9.1} ms] dra health of {driver}:", ms(at));
+            for d in devices {
+                println!(
+                    "                 {:<24} {:<9} timeout={}s {}",
+                    format!("{}/{}", d.pool, d.device),
+                    d.health,
+                    d.timeout_seconds,
+                    d.message
+                );
+            }
+        }
+        SimEvent::DraHealthEnded { driver, error, at } => println!(
+            "[{:>9.1} ms] dra health stream ended driver={driver}: {}; again in 5 s",
+            ms(at),
+            error.as_deref().unwrap_or("closed by the driver")
+        ),
+        SimEvent::DraDeregistered {
+            driver,
+            endpoint,
+            at,
+        } => println!(
+            "[{:>9.1} ms] dra deregistered driver={driver} endpoint={endpoint}",
+            ms(at)
+        ),
+        _ => {}
+    }
+}
+
+/// `prepare` and `unprepare`: calls `driver` for the claims named
+/// `NAMESPACE/NAME/UID` and prints each claim's answer.
+fn dra_command(sim: &Sim, op: &str, driver: &str, args: &[&str]) -> Result<(), String> {
+    let owned = args
+        .iter()
+        .map(|a| dra::claim_arg(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let claims: Vec<(&str, &str, &str)> = owned
+        .iter()
+        .map(|(ns, uid, name)| (ns.as_str(), uid.as_str(), name.as_str()))
+        .collect();
+    let via = sim
+        .dra_registration(driver)
+        .map_or_else(String::new, |r| format!(" via {}", r.service));
+    let answers: Vec<(String, Result<Vec<String>, String>)> = if op == "prepare" {
+        let answer = sim.prepare(driver, &claims)?;
+        answer
+            .into_iter()
+            .map(|(uid, r)| {
+                let lines = r.map(|devices| {
+                    devices
+                        .iter()
+                        .map(|d| {
+                            format!(
+                                "device {}/{} requests={} cdi={}",
+                                d.pool,
+                                d.device,
+                                d.request_names.join(","),
+                                d.cdi_ids.join(",")
+                            )
+                        })
+                        .collect()
+                });
+                (uid, lines)
+            })
+            .collect()
+    } else {
+        let answer = sim.unprepare(driver, &claims)?;
+        answer
+            .into_iter()
+            .map(|(uid, r)| (uid, r.map(|()| Vec::new())))
+            .collect()
+    };
+    println!("{op}d {driver}{via}:");
+    for (ns, uid, name) in &claims {
+        match answers.iter().find(|(u, _)| u == uid).map(|(_, r)| r) {
+            Some(Ok(lines)) => {
+                println!("    claim {ns}/{name}/{uid}: ok");
+                lines.iter().for_each(|l| println!("        {l}"));
+            }
+            Some(Err(e)) => println!("    claim {ns}/{name}/{uid}: error: {e}"),
+            None => {}
+        }
+    }
+    Ok(())
 }
 
 fn command(sim: &mut Sim, line: &str) -> Result<bool, String> {
@@ -145,6 +267,9 @@ fn command(sim: &mut Sim, line: &str) -> Result<bool, String> {
             );
         }
         ["devices"] => println!("use the device lists printed above"),
+        [op @ ("prepare" | "unprepare"), driver, claims @ ..] if !claims.is_empty() => {
+            dra_command(sim, op, driver, claims)?;
+        }
         ["allocate", resource, n] => {
             let n: usize = n.parse().map_err(|_| format!("not a count: {n}"))?;
             let (ids, resp) = sim.allocate_healthy(resource, n)?;
@@ -163,7 +288,7 @@ fn command(sim: &mut Sim, line: &str) -> Result<bool, String> {
         }
         _ => {
             return Err(format!(
-                "unknown command {line:?}: allocate RESOURCE N | restart | quit"
+                "unknown command {line:?}: allocate RESOURCE N | prepare DRIVER NAMESPACE/NAME/UID... | unprepare DRIVER NAMESPACE/NAME/UID... | restart | quit"
             ));
         }
     }
@@ -183,8 +308,12 @@ fn serve(args: Serve) -> Result<(), String> {
                 dir.display()
             ));
         }
-        sim.watch_registry(dir)?;
-        println!("watching {} for registration sockets", dir.display());
+        sim.watch_registry_as(dir, args.kubelet_version)?;
+        println!(
+            "watching {} for registration sockets (DRA as kubelet {})",
+            dir.display(),
+            args.kubelet_version
+        );
     }
     let start = Instant::now();
     let events = sim.event_channel();

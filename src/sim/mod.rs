@@ -12,16 +12,27 @@
 //! it finds registration sockets in a dir, asks GetInfo, checks the answer
 //! like the kubelet, connects to the endpoint and reports back with
 //! NotifyRegistrationStatus; a socket removed is a plugin deregistered.
+//! A socket whose GetInfo says `DRAPlugin` is a DRA driver: [`dra`] plays
+//! the kubelet's DRA side for it (registration, the health stream,
+//! NodePrepareResources and NodeUnprepareResources), as a 1.36 kubelet by
+//! default or as a 1.32 one ([`Sim::watch_registry_as`]).
 //!
 //! It uses only the generated API and its own code, never the plugin's, so
 //! it tests the wire (the inotify helper it shares is no plugin logic).
 //! Threads: grpcio's; `sim-connect`, which does the dial-back so the
 //! Register handler never blocks the poll thread; `sim-registry`, the
-//! plugin watcher, when asked for.
+//! plugin watcher, when asked for; `sim-dra-health`, one per registered
+//! DRA driver instance (1.36), which follows its health stream.
 
 pub mod bench;
 pub mod demo;
+pub mod dra;
 pub mod validate;
+
+pub use dra::{
+    ClaimRef, DraDeviceHealth, DraRegistration, DraService, KubeletVersion, Prepared,
+    PreparedDevice, Unprepared,
+};
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -92,16 +103,76 @@ pub enum SimEvent {
         /// When.
         at: Instant,
     },
+    /// A DRA driver registered: NotifyRegistrationStatus reached it.
+    DraRegistered {
+        /// The driver's name.
+        driver: String,
+        /// The socket it is called on.
+        endpoint: String,
+        /// The service chosen.
+        service: DraService,
+        /// When.
+        at: Instant,
+    },
+    /// The plugin watcher refused a DRA driver (it tries again in 500 ms).
+    DraRejected {
+        /// The driver's name, from GetInfo.
+        driver: String,
+        /// Its registration socket.
+        socket: PathBuf,
+        /// The kubelet's text, as NotifyRegistrationStatus carries it after
+        /// `RegisterPlugin error -- `.
+        error: String,
+        /// When.
+        at: Instant,
+    },
+    /// A message of a DRA driver's health stream.
+    DraHealth {
+        /// The driver's name.
+        driver: String,
+        /// Every device the message lists.
+        devices: Vec<DraDeviceHealth>,
+        /// When.
+        at: Instant,
+    },
+    /// A DRA driver's health stream exited by itself (not by
+    /// deregistration): its health is cleared and the stream opened again
+    /// in 5 s.
+    DraHealthEnded {
+        /// The driver's name.
+        driver: String,
+        /// Its status, as grpc-go prints it; `None` for a clean end.
+        error: Option<String>,
+        /// When.
+        at: Instant,
+    },
+    /// A DRA driver's registration socket was removed: its connection and
+    /// health stream are dropped.
+    DraDeregistered {
+        /// The driver's name.
+        driver: String,
+        /// The socket it was called on.
+        endpoint: String,
+        /// When.
+        at: Instant,
+    },
 }
 
 impl SimEvent {
-    /// The resource the event is about.
+    /// The resource the event is about: for a DRA event, the driver (a
+    /// driver name has no `/`, a resource name has one, so the two never
+    /// mix in the waits).
     pub fn resource(&self) -> &str {
         match self {
             SimEvent::Registered { request, .. } | SimEvent::Rejected { request, .. } => {
                 &request.resource_name
             }
             SimEvent::Devices { resource, .. } | SimEvent::StreamEnded { resource, .. } => resource,
+            SimEvent::DraRegistered { driver, .. }
+            | SimEvent::DraRejected { driver, .. }
+            | SimEvent::DraHealth { driver, .. }
+            | SimEvent::DraHealthEnded { driver, .. }
+            | SimEvent::DraDeregistered { driver, .. } => driver,
         }
     }
 }
@@ -125,6 +196,8 @@ struct Shared {
     next_id: Mutex<u64>,
     /// What the pod-resources API tells: who holds which devices.
     held: Mutex<Vec<Held>>,
+    /// The DRA drivers registered through the plugin watcher.
+    dra: dra::Drivers,
 }
 
 /// A container of a pod, as the kubelet's pod-resources API names it.
@@ -222,6 +295,7 @@ pub struct Sim {
 /// The plugin watcher: its dir, what it registered, and its thread.
 struct Registry {
     dir: PathBuf,
+    version: KubeletVersion,
     known: Arc<Mutex<Registered>>,
     stop: Option<Stopper>,
     thread: Option<JoinHandle<()>>,
@@ -289,6 +363,7 @@ impl Sim {
             conns: Mutex::new(HashMap::new()),
             next_id: Mutex::new(0),
             held: Mutex::new(Vec::new()),
+            dra: dra::Drivers::default(),
         });
         let (jobs, job_rx) = unbounded::<Job>();
         // Stopped by its own channel: a Registration handler still in grpcio's
@@ -548,13 +623,26 @@ impl Sim {
 
     /// Plays the kubelet's plugin watcher on `dir` too: registers every
     /// registration socket there now and every one made later (on a
-    /// thread of its own), and deregisters those removed.
+    /// thread of its own), and deregisters those removed. DRA drivers are
+    /// handled as a 1.36 kubelet does.
     pub fn watch_registry(&mut self, dir: &Path) -> Result<(), String> {
+        self.watch_registry_as(dir, KubeletVersion::default())
+    }
+
+    /// [`Sim::watch_registry`], with DRA drivers handled as the kubelet of
+    /// `version` does (device plugins are the same in both).
+    pub fn watch_registry_as(&mut self, dir: &Path, version: KubeletVersion) -> Result<(), String> {
         let (mut watch, stop) =
             DirWatch::new(&[dir]).map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
         let known = Arc::new(Mutex::new(Registered::new()));
         let (shared, seen, path) = (self.shared.clone(), known.clone(), dir.to_path_buf());
-        scan_registry(&shared, &path, &mut seen.lock().expect("sim lock"), None);
+        scan_registry(
+            &shared,
+            &path,
+            version,
+            &mut seen.lock().expect("sim lock"),
+            None,
+        );
         let thread = std::thread::Builder::new()
             .name("sim-registry".into())
             .spawn(move || {
@@ -580,12 +668,13 @@ impl Sim {
                         Ok(Wake::Stopped) | Err(_) => return,
                     };
                     let mut known = seen.lock().expect("sim lock");
-                    scan_registry(&shared, &path, &mut known, changed);
+                    scan_registry(&shared, &path, version, &mut known, changed);
                 }
             })
             .map_err(|e| format!("cannot start sim-registry thread: {e}"))?;
         self.registry = Some(Registry {
             dir: dir.to_path_buf(),
+            version,
             known,
             stop: Some(stop),
             thread: Some(thread),
@@ -593,18 +682,20 @@ impl Sim {
         Ok(())
     }
 
-    /// Restarts like a kubelet: drops every plugin connection and the
-    /// Registration server, deletes every socket in the dir, serves again;
-    /// the plugin watcher, if any, registers the sockets in its dir anew.
+    /// Restarts like a kubelet: drops every plugin connection (DRA drivers'
+    /// too) and the Registration server, deletes every socket in the dir,
+    /// serves again; the plugin watcher, if any, registers the sockets in
+    /// its dir anew.
     pub fn restart(&mut self) -> Result<(), String> {
         self.disconnect_all();
+        dra::close_all(&self.shared);
         self.server = None;
         remove_sockets(&self.shared.dir)?;
         self.serve()?;
         if let Some(r) = &self.registry {
             let mut known = r.known.lock().expect("sim lock");
             known.clear();
-            scan_registry(&self.shared, &r.dir, &mut known, None);
+            scan_registry(&self.shared, &r.dir, r.version, &mut known, None);
         }
         Ok(())
     }
@@ -634,6 +725,7 @@ impl Drop for Sim {
             }
         }
         self.disconnect_all();
+        dra::close_all(&self.shared);
         self.server = None;
         self.pod_resources = None;
         self.jobs = None;
@@ -831,6 +923,7 @@ const REGISTER_RETRY: Duration = Duration::from_millis(500);
 fn scan_registry(
     shared: &Arc<Shared>,
     dir: &Path,
+    version: KubeletVersion,
     known: &mut Registered,
     changed: Option<Vec<PathBuf>>,
 ) {
@@ -847,27 +940,39 @@ fn scan_registry(
     });
     for path in paths {
         // Deregistration: the kubelet disconnects the plugin's client.
-        if let Some(Some(resource)) = known.remove(&path) {
-            let conn = shared.conns.lock().expect("sim lock").remove(&resource);
-            if let Some(conn) = conn {
-                conn.stream.abort();
+        match known.remove(&path) {
+            Some(Some(Plugin::Device(resource))) => {
+                let conn = shared.conns.lock().expect("sim lock").remove(&resource);
+                if let Some(conn) = conn {
+                    conn.stream.abort();
+                }
             }
+            Some(Some(Plugin::Dra(driver))) => dra::deregister(shared, &driver, &path),
+            Some(None) | None => {}
         }
         if is_socket(&path) {
-            let resource = register_socket(shared, &path);
-            known.insert(path, resource);
+            let plugin = register_socket(shared, version, &path);
+            known.insert(path, plugin);
         }
     }
 }
 
-/// The registration sockets the plugin watcher found: the resource each
+/// What a registration socket registered.
+enum Plugin {
+    /// A device plugin, by resource.
+    Device(String),
+    /// A DRA driver, by name.
+    Dra(String),
+}
+
+/// The registration sockets the plugin watcher found: what each
 /// registered, `None` while its registration is pending a retry.
-type Registered = HashMap<PathBuf, Option<String>>;
+type Registered = HashMap<PathBuf, Option<Plugin>>;
 
 /// The plugin watcher's registration of one socket: GetInfo, the checks,
-/// the connect routine, then NotifyRegistrationStatus. Returns the
-/// resource when it registered.
-fn register_socket(shared: &Arc<Shared>, socket: &Path) -> Option<String> {
+/// the connect routine, then NotifyRegistrationStatus; a DRA driver's is
+/// [`dra::register`]'s. Returns what registered.
+fn register_socket(shared: &Arc<Shared>, version: KubeletVersion, socket: &Path) -> Option<Plugin> {
     let channel =
         ChannelBuilder::new(shared.env.clone()).connect(&format!("unix:{}", socket.display()));
     let client = pluginregistration_grpc::RegistrationClient::new(channel);
@@ -892,7 +997,19 @@ fn register_socket(shared: &Arc<Shared>, socket: &Path) -> Option<String> {
         };
         client
             .notify_registration_status_opt(&status, CallOption::default().timeout(NOTIFY_TIMEOUT))
-            .is_ok()
+            .map(drop)
+            .map_err(|e| {
+                format!(
+                    "failed to send registration status at socket {}, err: {e}",
+                    socket.display()
+                )
+            })
+    };
+    let info = match info {
+        Ok(info) if info.type_ == dra::PLUGIN_TYPE => {
+            return dra::register(shared, version, socket, &info, &notify).map(Plugin::Dra);
+        }
+        info => info,
     };
     let mut req = api::RegisterRequest {
         version: validate::SUPPORTED_VERSIONS[0].into(),
@@ -914,11 +1031,11 @@ fn register_socket(shared: &Arc<Shared>, socket: &Path) -> Option<String> {
     match checked {
         Ok(dialled) => {
             let resource = req.resource_name.clone();
-            follow(shared, req, dialled, || notify(None));
-            Some(resource)
+            follow(shared, req, dialled, || notify(None).is_ok());
+            Some(Plugin::Device(resource))
         }
         Err(error) => {
-            notify(Some(&error));
+            let _ = notify(Some(&error));
             let _ = shared.events.send(SimEvent::Rejected {
                 request: req,
                 error,
