@@ -49,13 +49,14 @@ deps:
 	$(call install,cmake g++ make)
 
 # What the tests need besides: a real container runtime for the CDI tests,
-# shellcheck for the scripts, and Prometheus's own text format checker,
-# promtool, taken out of Debian's prometheus package (not installed: that
-# would bring a Prometheus server along).
+# shellcheck for the scripts, etcd for the API server the kube client's
+# suite starts, and Prometheus's own text format checker, promtool, taken
+# out of Debian's prometheus package (not installed: that would bring a
+# Prometheus server along).
 PROMTOOL := $(abspath $(TARGET_DIR)/tools/promtool)
 export PROMTOOL
 test-deps: deps $(PROMTOOL)
-	$(call install,podman runc busybox-static util-linux file systemd xz-utils shellcheck)
+	$(call install,podman runc busybox-static util-linux file systemd xz-utils shellcheck etcd-server)
 
 $(PROMTOOL):
 	$(call install,dpkg)

@@ -11,6 +11,8 @@
 //! frontend.rs     the seam: a kubelet-facing API over the inventory's resources
 //! deviceplugin/   the device plugin front end: servers, registration, Allocate
 //! supervisor.rs   the process: inventory + the chosen front end + threads + events
+//! kube/           a blocking Kubernetes API server client (config, TLS, requests)
+//!                 for the front ends that need the API; no thread of its own
 //! ```
 //!
 //! The inventory knows nothing of gRPC or the kubelet; a front end knows the
@@ -57,6 +59,7 @@ pub mod fuzzing;
 pub mod inventory;
 pub mod json;
 pub mod k8s_names;
+pub mod kube;
 pub mod lockfile;
 pub mod metrics;
 pub mod notify;
