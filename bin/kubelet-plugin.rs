@@ -66,6 +66,9 @@ fn run(args: RunArgs, kinds: &KindValues) -> Result<()> {
         .set_target_level(LevelFilter::Off)
         .set_location_level(LevelFilter::Off)
         .set_time_format_rfc3339()
+        // Ours only: the TLS and HTTP crates' own debug lines would drown
+        // ours (and name every request twice).
+        .add_filter_allow_str("kubelet_plugin")
         .build();
     let _ = WriteLogger::init(args.log_level, log_config, std::io::stderr());
 

@@ -11,6 +11,7 @@ use nix::unistd::{AccessFlags, access};
 
 use crate::{
     deviceplugin::{self, RegistrationMode, allocate::Injection},
+    dra,
     error::{Error, Result},
     inventory::{
         self,
@@ -281,6 +282,9 @@ pub struct StatusArgs {
         default = "PathBuf::from(\"/var/lib/kubelet/plugins_registry\")"
     )]
     pub plugins_registry_dir: PathBuf,
+    /// where a DRA driver's socket is (<dir>/<domain>/dra.sock)
+    #[argh(option, default = "PathBuf::from(\"/var/lib/kubelet/plugins\")")]
+    pub dra_plugin_dir: PathBuf,
     /// also show which pod holds each device (the kubelet's pod-resources API)
     #[argh(switch)]
     pub pods: bool,
@@ -314,6 +318,7 @@ impl StatusArgs {
             device_plugin_dir: self.device_plugin_dir.clone(),
             cdi_dir: self.cdi_dir.clone(),
             plugins_registry_dir: self.plugins_registry_dir.clone(),
+            dra_plugin_dir: self.dra_plugin_dir.clone(),
             pods: self.pods.then(|| self.pod_resources_socket.clone()),
             json,
             liveness: self.liveness,
@@ -426,6 +431,43 @@ pub struct RunArgs {
     /// its `--device` lines are read again at SIGHUP
     #[argh(option)]
     pub config: Option<PathBuf>,
+    /// which kubelet API serves the devices: device-plugin (the device
+    /// plugin API) or dra (a DRA driver: ResourceSlices and the kubelet's
+    /// DRA service) (default device-plugin)
+    #[argh(option)]
+    pub api: Vec<ApiFlag>,
+    /// dra: the kubeconfig of the API server (client certificate and key,
+    /// or a token, and the CA; e.g. the kubelet's) (default: the pod's
+    /// service account)
+    #[argh(option)]
+    pub kubeconfig: Option<PathBuf>,
+    /// dra: the node whose pool is published and whose claims are prepared
+    /// (default: $NODE_NAME, then the host name)
+    #[argh(option)]
+    pub node_name: Option<String>,
+    /// dra: where <driver>/ holds the DRA socket and the checkpoint
+    #[argh(option, default = "PathBuf::from(\"/var/lib/kubelet/plugins\")")]
+    pub dra_plugin_dir: PathBuf,
+}
+
+/// The value of `--api`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiFlag {
+    /// `device-plugin`
+    DevicePlugin,
+    /// `dra`
+    Dra,
+}
+
+impl std::str::FromStr for ApiFlag {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "device-plugin" => Ok(ApiFlag::DevicePlugin),
+            "dra" => Ok(ApiFlag::Dra),
+            _ => Err(format!("unknown API {s:?}: use device-plugin or dra")),
+        }
+    }
 }
 
 /// The value of `--registration`.
@@ -513,6 +555,44 @@ pub fn ensure_dir(flag: &str, dir: &std::path::Path, mode: u32) -> Result<bool> 
 /// The longest path a unix socket can have (`sun_path` less its NUL).
 const SOCKET_PATH_MAX: usize = 107;
 
+/// Refuses a socket path too long to bind.
+fn socket_fits(socket: &std::path::Path) -> Result<()> {
+    let len = socket.as_os_str().len();
+    if len > SOCKET_PATH_MAX {
+        return Err(Error::Invalid(format!(
+            "socket {} is {len} bytes long, unix sockets take at most {SOCKET_PATH_MAX}: use a shorter dir",
+            socket.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The node's name: `--node-name`, else `$NODE_NAME` (a DaemonSet sets it
+/// from `spec.nodeName`), else the host name, lowercased as the kubelet
+/// does; it must be a DNS subdomain, as Node names are.
+fn node_name(flag: Option<&str>) -> Result<String> {
+    let (name, from) = match flag {
+        Some(n) => (n.to_string(), "--node-name"),
+        None => match std::env::var("NODE_NAME") {
+            Ok(n) if !n.is_empty() => (n, "$NODE_NAME"),
+            _ => {
+                let host = nix::unistd::gethostname().map_err(|e| {
+                    Error::Invalid(format!(
+                        "no --node-name, no $NODE_NAME, and no host name: {e}"
+                    ))
+                })?;
+                (host.to_string_lossy().to_lowercase(), "the host name")
+            }
+        },
+    };
+    if !crate::k8s_names::dns_subdomain(&name) {
+        return Err(Error::Invalid(format!(
+            "node name {name:?} (from {from}) is no Node name: lowercase letters, digits, '-' and '.'"
+        )));
+    }
+    Ok(name)
+}
+
 impl RunArgs {
     /// Checks every flag and builds the supervisor's configuration, with
     /// the kinds' flags `kinds`; touches nothing (see [`prepare_dirs`]).
@@ -523,13 +603,53 @@ impl RunArgs {
             &self.dev_dir,
             kinds,
         ))?;
+        let owner = self.one_api()?;
+        let api = match owner {
+            ApiFlag::DevicePlugin => Api::DevicePlugin(self.device_plugin(&plugins)?),
+            ApiFlag::Dra => Api::Dra(Box::new(self.dra()?)),
+        };
+        Ok(Config {
+            plugins,
+            inventory: inventory::Config {
+                dev_dir: self.dev_dir.clone(),
+                cdi_dir: self.cdi_dir.clone(),
+                poll_interval: POLL_INTERVAL,
+                owner: match owner {
+                    ApiFlag::DevicePlugin => "device-plugin",
+                    ApiFlag::Dra => "dra",
+                },
+            },
+            api,
+            metrics: crate::metrics::Outputs {
+                file: self.metrics_file.clone(),
+                listen: self.metrics_listen,
+            },
+            reload: self.reload()?,
+        })
+    }
+
+    /// The one `--api` asked for. Both is refused: a node must never offer
+    /// one resource through both APIs, or the scheduler would hand its
+    /// devices out twice, once per API.
+    fn one_api(&self) -> Result<ApiFlag> {
+        match self.api.as_slice() {
+            [] => Ok(ApiFlag::DevicePlugin),
+            [first, rest @ ..] if rest.iter().all(|a| a == first) => Ok(*first),
+            _ => Err(Error::Invalid(
+                "--api device-plugin and --api dra: one instance serves its resources through one kubelet API; a node must never offer a resource through both (the scheduler would hand its devices out twice)".into(),
+            )),
+        }
+    }
+
+    /// The device plugin front end's configuration.
+    fn device_plugin(&self, plugins: &kinds::Plugins) -> Result<deviceplugin::Config> {
         let registration = match self.registration {
             Registration::KubeletSock => RegistrationMode::KubeletSock,
             Registration::PluginsRegistry => {
                 RegistrationMode::PluginsRegistry(self.plugins_registry_dir.clone())
             }
         };
-        let device_plugin = deviceplugin::Config {
+        let cfg = deviceplugin::Config {
             plugin_dir: self.device_plugin_dir.clone(),
             registration,
             injection: self.device_injection,
@@ -538,30 +658,41 @@ impl RunArgs {
             // a shorter deadline would cancel a registration on its way.
             register_timeout: Duration::from_secs(30),
         };
-        for p in &plugins {
-            let socket = device_plugin.socket_path(p.resource());
-            let len = socket.as_os_str().len();
-            if len > SOCKET_PATH_MAX {
-                return Err(Error::Invalid(format!(
-                    "socket {} is {len} bytes long, unix sockets take at most {SOCKET_PATH_MAX}: use a shorter dir",
-                    socket.display()
-                )));
-            }
+        for p in plugins {
+            socket_fits(&cfg.socket_path(p.resource()))?;
         }
-        Ok(Config {
-            plugins,
-            inventory: inventory::Config {
-                dev_dir: self.dev_dir.clone(),
-                cdi_dir: self.cdi_dir.clone(),
-                poll_interval: POLL_INTERVAL,
-            },
-            api: Api::DevicePlugin(device_plugin),
-            metrics: crate::metrics::Outputs {
-                file: self.metrics_file.clone(),
-                listen: self.metrics_listen,
-            },
-            reload: self.reload()?,
-        })
+        Ok(cfg)
+    }
+
+    /// The DRA front end's configuration: the node, the API server's
+    /// credentials, the sockets.
+    fn dra(&self) -> Result<dra::Config> {
+        let driver = self.resource_domain.clone();
+        // The API's limit on driver names.
+        if driver.len() > 63 {
+            return Err(Error::Invalid(format!(
+                "--resource-domain {driver:?}: a DRA driver name has at most 63 characters"
+            )));
+        }
+        let node = node_name(self.node_name.as_deref())?;
+        // A --kubeconfig given must be there: falling back to the pod's
+        // service account would hide a typo.
+        let kube = match &self.kubeconfig {
+            Some(f) => crate::kube::Config::from_kubeconfig(f)
+                .map_err(|e| Error::Invalid(format!("--kubeconfig {}: {e}", f.display())))?,
+            None => crate::kube::Config::in_cluster()
+                .map_err(|e| Error::Invalid(format!("no --kubeconfig, and not in a pod: {e}")))?,
+        };
+        let cfg = dra::Config {
+            driver,
+            node,
+            plugin_dir: self.dra_plugin_dir.clone(),
+            registry_dir: self.plugins_registry_dir.clone(),
+            kube,
+        };
+        socket_fits(&cfg.dra_socket())?;
+        socket_fits(&cfg.registration_socket())?;
+        Ok(cfg)
     }
 
     /// With `--config`: what SIGHUP builds, the plugins of the file's kind
@@ -600,6 +731,11 @@ pub fn prepare_dirs(cfg: &Config) -> Result<()> {
             if let RegistrationMode::PluginsRegistry(dir) = &dp.registration {
                 ensure_dir("--plugins-registry-dir", dir, 0o750)?;
             }
+        }
+        Api::Dra(dra) => {
+            ensure_dir("--dra-plugin-dir", &dra.plugin_dir, 0o750)?;
+            ensure_dir("--dra-plugin-dir", &dra.driver_dir(), 0o750)?;
+            ensure_dir("--plugins-registry-dir", &dra.registry_dir, 0o750)?;
         }
     }
     writable_dir("--dev-dir", &cfg.inventory.dev_dir)?;

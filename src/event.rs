@@ -59,6 +59,18 @@ pub enum PluginEvent {
     },
 }
 
+/// A message for the DRA front end.
+#[derive(Debug)]
+pub enum DraEvent {
+    /// The kubelet's NotifyRegistrationStatus for a server generation.
+    Registered {
+        /// The server generation the registration was for.
+        generation: u64,
+        /// Ok, or the kubelet's error text.
+        result: std::result::Result<(), String>,
+    },
+}
+
 /// A message to the supervisor.
 #[derive(Debug)]
 pub enum Event {
@@ -73,6 +85,8 @@ pub enum Event {
     Published(String),
     /// For the device plugin front end.
     DevicePlugin(PluginEvent),
+    /// For the DRA front end.
+    Dra(DraEvent),
     /// From the thread helper: a thread ended, with its result.
     ThreadExited {
         /// The thread's name.

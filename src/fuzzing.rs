@@ -770,6 +770,22 @@ fn run_args(r: &cli::RunArgs, values: &KindValues) -> Vec<String> {
     if let Some(a) = &r.metrics_listen {
         args.push(format!("--metrics-listen={a}"));
     }
+    for api in &r.api {
+        args.push(
+            match api {
+                cli::ApiFlag::DevicePlugin => "--api=device-plugin",
+                cli::ApiFlag::Dra => "--api=dra",
+            }
+            .to_string(),
+        );
+    }
+    if let Some(k) = &r.kubeconfig {
+        args.push(format!("--kubeconfig={}", k.display()));
+    }
+    if let Some(n) = &r.node_name {
+        args.push(format!("--node-name={n}"));
+    }
+    args.push(format!("--dra-plugin-dir={}", r.dra_plugin_dir.display()));
     args
 }
 

@@ -51,6 +51,7 @@ pub mod api;
 pub mod atomic;
 pub mod cli;
 pub mod deviceplugin;
+pub mod dra;
 pub mod error;
 pub mod event;
 pub mod frontend;

@@ -78,7 +78,11 @@ impl LockFile {
 
     /// Writes this process's pid into the file.
     pub fn write_pid(&mut self) -> Result<()> {
-        writeln!(self.file, "{}", std::process::id())
+        self.write_line(&std::process::id().to_string())
+    }
+
+    fn write_line(&mut self, line: &str) -> Result<()> {
+        writeln!(self.file, "{line}")
             .and_then(|()| self.file.sync_data())
             .map_err(|e| Error::io("write pid into", &self.path, e))
     }
@@ -121,20 +125,35 @@ pub fn locked_resources(dir: &Path) -> Vec<String> {
 /// (1.32 measured here) deletes every file there when it starts, which would
 /// leave the lock on an unlinked file that keeps no one out. Taken before
 /// anything is made, so a refused second instance changes nothing, whether
-/// or not a kubelet runs. It holds the pid of its owner, for the refusal
-/// message. Dot files are no CDI specs to the runtimes.
-pub fn lock_resource(dir: &Path, resource: &str) -> Result<LockFile> {
+/// or not a kubelet runs, and whichever kubelet API each would serve it
+/// through: a node must never offer one resource through two APIs (the
+/// scheduler would hand its devices out twice). It holds the pid of its
+/// owner and the API it serves (`owner`), for the refusal message. Dot
+/// files are no CDI specs to the runtimes.
+pub fn lock_resource(dir: &Path, resource: &str, owner: &str) -> Result<LockFile> {
     let path = dir.join(format!(
         ".kubelet-plugin-{}.lock",
         resource.replace('/', "_")
     ));
     match LockFile::lock(&path) {
-        Ok(mut lock) => lock.write_pid().map(|()| lock),
-        Err(LockError::Held(pid)) => Err(Error::Busy(format!(
-            "another kubelet-plugin{} serves {resource} (lock {}): refusing to start a second one",
-            shown_pid(&pid),
-            path.display()
-        ))),
+        Ok(mut lock) => lock
+            .write_line(&format!("{} {owner}", std::process::id()))
+            .map(|()| lock),
+        Err(LockError::Held(held)) => {
+            let mut words = held.split_whitespace();
+            let (pid, theirs) = (words.next().unwrap_or_default(), words.next());
+            let why = match theirs {
+                Some(api) if api != owner => format!(
+                    " through --api {api}: a node must never offer one resource through two kubelet APIs"
+                ),
+                _ => String::new(),
+            };
+            Err(Error::Busy(format!(
+                "another kubelet-plugin{} serves {resource}{why} (lock {}): refusing to start a second one",
+                shown_pid(pid),
+                path.display()
+            )))
+        }
         Err(LockError::Io(e)) => Err(e),
     }
 }
@@ -201,13 +220,13 @@ mod tests {
     #[test]
     fn test_resource_lock_names_the_holder_and_is_released_on_drop() {
         let dir = tempfile::tempdir().unwrap();
-        let first = lock_resource(dir.path(), "example.com/foo").unwrap();
+        let first = lock_resource(dir.path(), "example.com/foo", "dra").unwrap();
         assert!(
             dir.path()
                 .join(".kubelet-plugin-example.com_foo.lock")
                 .exists()
         );
-        let err = lock_resource(dir.path(), "example.com/foo")
+        let err = lock_resource(dir.path(), "example.com/foo", "dra")
             .unwrap_err()
             .to_string();
         assert!(
@@ -218,7 +237,15 @@ mod tests {
             "{err}"
         );
         // Another resource in the same dir is another lock.
-        let other = lock_resource(dir.path(), "example.com/bar_baz").unwrap();
+        let other = lock_resource(dir.path(), "example.com/bar_baz", "dra").unwrap();
+        // The same resource through the other API: refused, saying so.
+        let both = lock_resource(dir.path(), "example.com/foo", "device-plugin")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            both.contains("serves example.com/foo through --api dra: a node must never offer one resource through two kubelet APIs"),
+            "{both}"
+        );
         assert_eq!(
             locked_resources(dir.path()),
             ["example.com/bar_baz", "example.com/foo"]
@@ -229,7 +256,7 @@ mod tests {
                 .join(".kubelet-plugin-example.com_foo.lock")
                 .exists()
         );
-        let again = lock_resource(dir.path(), "example.com/foo").unwrap();
+        let again = lock_resource(dir.path(), "example.com/foo", "dra").unwrap();
         drop((other, again));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

@@ -41,7 +41,7 @@ impl pluginregistration_grpc::Registration for RegistrationService {
         _req: pluginregistration::InfoRequest,
         sink: UnarySink<pluginregistration::PluginInfo>,
     ) {
-        log::debug!("GetInfo from the kubelet resource={}", self.info.name);
+        log::debug!("GetInfo from the kubelet name={}", self.info.name);
         reply(&ctx, sink, Ok(self.info.clone()));
     }
 

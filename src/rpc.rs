@@ -3,7 +3,10 @@
 //! into place only once it serves) and answering unary calls without
 //! blocking grpcio's poll thread.
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use futures_util::FutureExt as _;
 use grpcio::{
@@ -32,19 +35,64 @@ pub fn reply<T: Send + 'static>(
     }));
 }
 
-/// Binds and starts a grpcio server for `services` on the unix socket
-/// `path`, mode 0600.
+/// Binds and starts a grpcio server for `services` on the unix sockets
+/// `paths` (every service on each), mode 0600.
 ///
 /// grpcio silently replaces a socket file even while a live server uses it,
 /// so a socket that answers is refused (another instance runs there); one
 /// that does not is stale (left by a killed process) and is removed.
 ///
-/// The socket is bound under a dot name beside `path` and renamed into
-/// place once the server is started: whoever watches the dir (the
-/// kubelet's plugin watcher) never finds it bound but not yet listening,
-/// which refuses a connection. Dropping the server leaves `path` behind:
-/// [`crate::socket::remove_socket`] removes it.
-pub fn serve(env: Arc<Environment>, services: Vec<grpcio::Service>, path: &Path) -> Result<Server> {
+/// Each socket is bound under a dot name beside its path and renamed into
+/// place, in the order given, once the server is started: whoever watches
+/// the dir (the kubelet's plugin watcher) never finds it bound but not yet
+/// listening, which refuses a connection. Dropping the server leaves the
+/// sockets behind: [`crate::socket::remove_socket`] removes them.
+pub fn serve(
+    env: Arc<Environment>,
+    services: Vec<grpcio::Service>,
+    paths: &[&Path],
+) -> Result<Server> {
+    for path in paths {
+        clear(path)?;
+    }
+    let builder = services
+        .into_iter()
+        .fold(ServerBuilder::new(env), ServerBuilder::register_service);
+    let mut server = builder.build().map_err(|source| Error::Grpc {
+        op: "build gRPC server".into(),
+        source,
+    })?;
+    let bound: Vec<PathBuf> = paths.iter().map(|p| dot_name(p)).collect();
+    for at in &bound {
+        // Sockets are made 0777 minus the umask and grpcio has no mode
+        // option: narrow the umask around the bind so only root can connect.
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let result = server.add_listening_port(
+            format!("unix:{}", at.display()),
+            ServerCredentials::insecure(),
+        );
+        nix::sys::stat::umask(old);
+        result.map_err(|source| Error::Grpc {
+            op: format!("bind socket {}", at.display()),
+            source,
+        })?;
+    }
+    server.start();
+    for (at, path) in bound.iter().zip(paths) {
+        std::fs::rename(at, path).map_err(|e| Error::io("move socket into place at", path, e))?;
+    }
+    Ok(server)
+}
+
+/// Where `path`'s socket is bound before it is moved into place.
+fn dot_name(path: &Path) -> PathBuf {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".{name}.tmp"))
+}
+
+/// Makes way for a socket at `path`: refused when someone answers there; a
+/// stale socket (and a stale dot name) removed.
+fn clear(path: &Path) -> Result<()> {
     if std::fs::symlink_metadata(path).is_ok() {
         if socket_answers(path) {
             return Err(Error::Busy(format!(
@@ -55,35 +103,11 @@ pub fn serve(env: Arc<Environment>, services: Vec<grpcio::Service>, path: &Path)
         std::fs::remove_file(path).map_err(|e| Error::io("remove stale socket", path, e))?;
         log::info!("removed stale socket path={}", path.display());
     }
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let bound_at = path.with_file_name(format!(".{name}.tmp"));
-    match std::fs::remove_file(&bound_at) {
+    let at = dot_name(path);
+    match std::fs::remove_file(&at) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(Error::io("remove stale socket", &bound_at, e));
+            Err(Error::io("remove stale socket", &at, e))
         }
-        _ => {}
+        _ => Ok(()),
     }
-    let builder = services
-        .into_iter()
-        .fold(ServerBuilder::new(env), ServerBuilder::register_service);
-    let mut server = builder.build().map_err(|source| Error::Grpc {
-        op: "build gRPC server".into(),
-        source,
-    })?;
-    // Sockets are made 0777 minus the umask and grpcio has no mode option:
-    // narrow the umask around the bind so only root can connect.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = server.add_listening_port(
-        format!("unix:{}", bound_at.display()),
-        ServerCredentials::insecure(),
-    );
-    nix::sys::stat::umask(old);
-    bound.map_err(|source| Error::Grpc {
-        op: format!("bind socket {}", bound_at.display()),
-        source,
-    })?;
-    server.start();
-    std::fs::rename(&bound_at, path)
-        .map_err(|e| Error::io("move socket into place at", path, e))?;
-    Ok(server)
 }

@@ -17,6 +17,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 
 use crate::{
     deviceplugin::{self, DevicePlugins},
+    dra::{self, DraDriver},
     error::{Error, Result},
     event::{Event, SignalAction},
     frontend::FrontEnd,
@@ -39,6 +40,8 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum Api {
     /// The device plugin API `v1beta1`.
     DevicePlugin(deviceplugin::Config),
+    /// A DRA driver.
+    Dra(Box<dra::Config>),
 }
 
 /// What the supervisor runs.
@@ -60,6 +63,7 @@ pub struct Config {
 fn front_end(api: Api, events: Sender<Event>, metrics: Arc<Metrics>) -> Box<dyn FrontEnd> {
     match api {
         Api::DevicePlugin(cfg) => Box::new(DevicePlugins::new(cfg, events, metrics)),
+        Api::Dra(cfg) => Box::new(DraDriver::new(*cfg, events)),
     }
 }
 

@@ -278,7 +278,7 @@ impl DevicePlugins {
         let gate = Watch::new(None);
         let (service, services) = self.services(i, generation, &gate);
         let slot = &mut self.slots[i];
-        let server = rpc::serve(self.env.clone(), services, &slot.socket)?;
+        let server = rpc::serve(self.env.clone(), services, &[&slot.socket])?;
         let socket = socket::socket_id(&slot.socket).ok_or_else(|| {
             Error::Invalid(format!(
                 "socket {} vanished after bind",

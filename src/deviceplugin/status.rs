@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use grpcio::{RpcContext, UnarySink};
+use grpcio::{RpcContext, RpcStatus, RpcStatusCode, UnarySink};
 
 use crate::{
     api::{status, status_grpc},
@@ -54,24 +54,43 @@ impl status_grpc::Status for StatusService {
         let devices = self.devices.get();
         let resp = status::DevicesResponse {
             resource: self.resource.clone(),
-            devices: devices
-                .iter()
-                .map(|d| status::DeviceStatus {
-                    id: d.id.clone(),
-                    health: d.health.as_str().into(),
-                    reason: d
-                        .health
-                        .reason()
-                        .map(|r| r.code().into())
-                        .unwrap_or_default(),
-                    why: d.health.reason().map(|r| r.to_string()).unwrap_or_default(),
-                    ..Default::default()
-                })
-                .collect(),
+            devices: devices.iter().map(device_status).collect(),
             registration: self.registration.into(),
             state: (self.state)(),
             ..Default::default()
         };
         reply(&ctx, sink, Ok(resp));
+    }
+
+    fn dra(
+        &mut self,
+        ctx: RpcContext,
+        _req: status::DraRequest,
+        sink: UnarySink<status::DraResponse>,
+    ) {
+        reply(
+            &ctx,
+            sink,
+            Err(RpcStatus::with_message(
+                RpcStatusCode::UNIMPLEMENTED,
+                "a device plugin: ask Devices".into(),
+            )),
+        );
+    }
+}
+
+/// A device as the status API tells it: its ID, its health and, for an
+/// unhealthy one, the reason's code and sentence.
+pub fn device_status(d: &Device) -> status::DeviceStatus {
+    status::DeviceStatus {
+        id: d.id.clone(),
+        health: d.health.as_str().into(),
+        reason: d
+            .health
+            .reason()
+            .map(|r| r.code().into())
+            .unwrap_or_default(),
+        why: d.health.reason().map(|r| r.to_string()).unwrap_or_default(),
+        ..Default::default()
     }
 }

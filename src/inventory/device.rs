@@ -199,6 +199,9 @@ pub struct DeviceNode {
     pub kind: NodeKind,
     /// The device number of the node.
     pub id: NodeId,
+    /// A stable link to the node udev made (`/dev/serial/by-id/usb-...`),
+    /// where there is one: it names the same hardware after a replug.
+    pub by_id: Option<String>,
 }
 
 /// One device of a plugin: its ID, its health and the node it hands out.
@@ -265,6 +268,7 @@ pub(crate) mod tests {
             host_path: format!("/dev/{id}").into(),
             kind: NodeKind::Char,
             id: NodeId { major: 1, minor: 8 },
+            by_id: None,
         };
         Device::new(id, Arc::new(node), check)
     }

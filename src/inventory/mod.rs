@@ -72,6 +72,9 @@ pub struct Config {
     pub cdi_dir: PathBuf,
     /// The health thread's safety-net period.
     pub poll_interval: Duration,
+    /// Who serves the resources (the `--api`), written into each resource's
+    /// lock: a second instance is told who holds it and through what.
+    pub owner: &'static str,
 }
 
 /// One resource of the inventory.
@@ -123,7 +126,7 @@ impl Inventory {
         check: &dyn Fn(&dyn Plugin) -> Result<()>,
     ) -> Result<Resource> {
         // Before anything is made: a refused second instance changes nothing.
-        let lock = lockfile::lock_resource(&self.cfg.cdi_dir, plugin.resource())?;
+        let lock = lockfile::lock_resource(&self.cfg.cdi_dir, plugin.resource(), self.cfg.owner)?;
         check(plugin.as_ref())?;
         plugin.prepare()?;
         // The probe finds a dev plugin's devices, which its spec lists.

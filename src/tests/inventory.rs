@@ -78,6 +78,7 @@ fn test_the_inventory_runs_without_a_front_end() {
         dev_dir: dev.clone(),
         cdi_dir: cdi.clone(),
         poll_interval: Duration::from_secs(60),
+        owner: "none",
     };
     let told = Arc::new(Told::default());
     let mut inventory = Inventory::new(cfg.clone(), told.clone());

@@ -455,9 +455,18 @@ fn wait_listed(sim: &Sim, want: &[&str]) -> BTreeMap<String, usize> {
         .collect()
 }
 
+/// The manifests of the device plugin side (all but `kubelet/dra/`).
+fn device_plugin_manifests() -> Vec<(PathBuf, Value)> {
+    let dra = repo().join("kubelet/dra");
+    manifests()
+        .into_iter()
+        .filter(|(f, _)| !f.starts_with(&dra))
+        .collect()
+}
+
 #[test]
 fn test_every_yaml_parses_and_pods_request_what_the_plugin_registers() {
-    let docs = manifests();
+    let docs = device_plugin_manifests();
     assert!(docs.len() >= 4, "{docs:?}");
 
     // The pods' extended resources (the ones with a domain) and counts.
@@ -557,9 +566,137 @@ fn test_every_yaml_parses_and_pods_request_what_the_plugin_registers() {
     assert_eq!(static_pods, repo().join(make_default));
 }
 
+/// The DRA manifests agree with the driver: each DeviceClass selects one
+/// resource by the attribute the driver publishes and names its device
+/// plugin resource as `extendedResourceName` (v1); the ClusterRole grants
+/// exactly the calls the driver makes; the DaemonSet runs `--api dra` with
+/// that account, its node's name, and the dirs mounted at the host's paths;
+/// the claims name classes that exist. (The DRA suite applies them to real
+/// clusters.)
+#[test]
+fn test_dra_manifests_match_what_the_driver_publishes_and_calls() {
+    let dra = repo().join("kubelet/dra");
+    let all = manifests();
+    for version in ["v1", "v1beta1"] {
+        let dir = if version == "v1" {
+            dra.clone()
+        } else {
+            dra.join("v1beta1")
+        };
+        let docs: Vec<(PathBuf, Value)> = all
+            .iter()
+            .filter(|(f, _)| f.parent() == Some(dir.as_path()))
+            .cloned()
+            .collect();
+        let classes = of_kind(&docs, "DeviceClass");
+        let mut names = BTreeSet::new();
+        for c in &classes {
+            assert_eq!(c["apiVersion"], format!("resource.k8s.io/{version}"));
+            let name = c["metadata"]["name"].as_str().unwrap();
+            let resource = name.strip_suffix(".github.com.ihcsim").unwrap();
+            let cel = c["spec"]["selectors"][0]["cel"]["expression"]
+                .as_str()
+                .unwrap();
+            assert!(
+                cel.contains("device.driver == \"github.com.ihcsim\""),
+                "{cel}"
+            );
+            assert!(
+                cel.contains(&format!(
+                    "device.attributes[\"github.com.ihcsim\"].resource == \"{resource}\""
+                )),
+                "{cel}"
+            );
+            let extended = &c["spec"]["extendedResourceName"];
+            match version {
+                "v1" => assert_eq!(extended, &format!("github.com.ihcsim/{resource}")),
+                _ => assert!(extended.is_null(), "1.32 has no extendedResourceName"),
+            }
+            names.insert(name.to_string());
+        }
+        assert_eq!(names.len(), 3, "{names:?}");
+        for t in of_kind(&docs, "ResourceClaimTemplate") {
+            for r in t["spec"]["spec"]["devices"]["requests"]
+                .as_sequence()
+                .unwrap()
+            {
+                let class = match version {
+                    "v1" => &r["exactly"]["deviceClassName"],
+                    _ => &r["deviceClassName"],
+                };
+                assert!(names.contains(class.as_str().unwrap()), "{class:?}");
+            }
+        }
+        assert_eq!(of_kind(&docs, "Pod").len(), 2);
+    }
+
+    let docs: Vec<(PathBuf, Value)> = all
+        .iter()
+        .filter(|(f, _)| f.parent() == Some(dra.as_path()))
+        .cloned()
+        .collect();
+    let role = of_kind(&docs, "ClusterRole");
+    let mut granted = BTreeSet::new();
+    for rule in role[0]["rules"].as_sequence().unwrap() {
+        for r in rule["resources"].as_sequence().unwrap() {
+            for v in rule["verbs"].as_sequence().unwrap() {
+                granted.insert(format!("{} {}", r.as_str().unwrap(), v.as_str().unwrap()));
+            }
+        }
+    }
+    let calls = [
+        "nodes get",
+        "resourceclaims get",
+        "resourceslices create",
+        "resourceslices delete",
+        "resourceslices get",
+        "resourceslices list",
+        "resourceslices update",
+    ];
+    assert_eq!(granted, calls.iter().map(|s| s.to_string()).collect());
+    let account = &of_kind(&docs, "ServiceAccount")[0]["metadata"]["name"];
+    let binding = of_kind(&docs, "ClusterRoleBinding");
+    assert_eq!(&binding[0]["subjects"][0]["name"], account);
+
+    let ds = of_kind(&docs, "DaemonSet");
+    let spec = &ds[0]["spec"]["template"]["spec"];
+    assert_eq!(&spec["serviceAccountName"], account);
+    let c = &spec["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--api=dra"), "{args:?}");
+    assert_eq!(c["env"][0]["name"], "NODE_NAME");
+    assert_eq!(
+        c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    let mut mounted = BTreeSet::new();
+    for m in c["volumeMounts"].as_sequence().unwrap() {
+        let v = spec["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .unwrap();
+        assert_eq!(m["mountPath"], v["hostPath"]["path"]);
+        mounted.insert(m["mountPath"].as_str().unwrap().to_string());
+    }
+    let want = [
+        "/dev",
+        "/var/lib/kubelet/plugins",
+        "/var/lib/kubelet/plugins_registry",
+        "/var/run/cdi",
+    ];
+    assert_eq!(mounted, want.iter().map(|s| s.to_string()).collect());
+}
+
 /// The DaemonSet's container args, with the host's dirs replaced by `d`'s.
 fn daemonset_args(d: &Dirs) -> Vec<String> {
-    let docs = manifests();
+    let docs = device_plugin_manifests();
     let ds = of_kind(&docs, "DaemonSet");
     let args: Vec<String> = ds[0]["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_sequence()
@@ -643,7 +780,7 @@ fn test_daemonset_image_serves_from_a_container() {
         "nodes made in the mounted dev dir"
     );
     // The manifest's liveness probe, on these dirs, passes against it.
-    let docs = manifests();
+    let docs = device_plugin_manifests();
     let probe: Vec<String> = of_kind(&docs, "DaemonSet")[0]["spec"]["template"]["spec"]
         ["containers"][0]["livenessProbe"]["exec"]["command"]
         .as_sequence()

@@ -62,6 +62,7 @@ impl Crand {
                     cdi_name: name,
                     kind: NodeKind::Char,
                     id,
+                    by_id: None,
                 })
             })
             .collect();

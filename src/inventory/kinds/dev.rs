@@ -275,14 +275,38 @@ impl Dev {
 
     /// The node a container gets for node ID `id` at `rel`: the real node,
     /// at the matched path under `/dev`.
-    fn device_node(id: &str, rel: &Path, (kind, number, real): &Found) -> Arc<DeviceNode> {
+    fn device_node(&self, id: &str, rel: &Path, (kind, number, real): &Found) -> Arc<DeviceNode> {
         Arc::new(DeviceNode {
             cdi_name: id.to_string(),
             container_path: Path::new("/dev").join(rel).display().to_string(),
             host_path: real.clone(),
             kind: *kind,
             id: *number,
+            by_id: self.by_id(rel, real),
         })
+    }
+
+    /// The udev by-id link of the node at `rel` (real path `real`): `rel`
+    /// itself when the pattern matched one, else a link in one of the dev
+    /// dir's `*/by-id` dirs that leads to it; as the container sees it.
+    fn by_id(&self, rel: &Path, real: &Path) -> Option<String> {
+        let in_by_id = |p: &Path| p.parent().and_then(Path::file_name) == Some("by-id".as_ref());
+        if in_by_id(rel) {
+            return Some(Path::new("/dev").join(rel).display().to_string());
+        }
+        let dirs = std::fs::read_dir(&self.dev_dir).ok()?.flatten();
+        let links = dirs
+            .map(|d| d.path().join("by-id"))
+            .filter(|d| d.is_dir())
+            .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten());
+        let mut found: Vec<PathBuf> = links
+            .map(|l| l.path())
+            .filter(|l| std::fs::canonicalize(l).is_ok_and(|t| t == real))
+            .collect();
+        found.sort();
+        let link = found.into_iter().next()?;
+        let rel = link.strip_prefix(&self.dev_dir).ok()?;
+        Some(Path::new("/dev").join(rel).display().to_string())
     }
 
     /// Looks at every known node again: healthy while it is there, its
@@ -302,7 +326,7 @@ impl Dev {
                             self.resource,
                             found.2.display()
                         );
-                        known.node = Dev::device_node(id, &known.rel, &found);
+                        known.node = self.device_node(id, &known.rel, &found);
                         known.found = found;
                     }
                     known.broken = None;
@@ -341,7 +365,7 @@ impl Dev {
                 self.dev_dir.join(rel).display(),
                 node.2.display()
             );
-            let shown = Dev::device_node(&id, rel, &node);
+            let shown = self.device_node(&id, rel, &node);
             state.known.insert(
                 id,
                 Known {

@@ -63,6 +63,7 @@ impl Kvm {
                 host_path: dev_dir.join("kvm"),
                 kind: NodeKind::Char,
                 id,
+                by_id: None,
             }),
             count,
         }

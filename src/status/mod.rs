@@ -5,9 +5,13 @@
 //!
 //! Our plugins are found by their resource locks in the CDI dir (a lock
 //! names its resource, and a socket follows from it in either registration
-//! mode); each answers on its socket through our own status
-//! service, beside the DevicePlugin service: no network port, no extra
-//! socket, the reasons straight from the device snapshot.
+//! mode, or the DRA driver's socket from its domain); each answers on its
+//! socket through our own status service, beside the kubelet's services:
+//! no network port, no extra socket, the reasons straight from the device
+//! snapshot. A DRA driver also tells its slices and prepared claims
+//! ([`dra`]).
+
+mod dra;
 
 use std::{
     collections::BTreeMap,
@@ -26,7 +30,7 @@ use crate::{
 };
 
 /// How long one plugin, or the kubelet, may take to answer.
-const TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The default pod-resources socket of the kubelet.
 pub const POD_RESOURCES_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
@@ -40,6 +44,8 @@ pub struct Options {
     pub cdi_dir: PathBuf,
     /// Where the sockets are in `plugins-registry` mode.
     pub plugins_registry_dir: PathBuf,
+    /// Where a DRA driver's socket is: `<it>/<domain>/dra.sock`.
+    pub dra_plugin_dir: PathBuf,
     /// Ask the kubelet which pod holds which device, on this socket.
     pub pods: Option<PathBuf>,
     /// JSON instead of text.
@@ -225,42 +231,31 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         )));
     }
     let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+    let drivers = ask_drivers(&env, opts, &resources);
+    let by_dra = |r: &str| {
+        drivers
+            .iter()
+            .any(|d| d.devices.iter().any(|x| x.resource == r))
+    };
     let found: Vec<Found> = resources
         .into_iter()
-        .map(|resource| {
-            let there: Vec<PathBuf> = socket::socket_paths(
-                &resource,
-                &opts.device_plugin_dir,
-                &opts.plugins_registry_dir,
-            )
-            .into_iter()
-            .filter(|s| s.exists())
-            .collect();
-            let mut answer =
-                Err("not running: no socket (a lock left by a killed instance)".into());
-            let mut socket = None;
-            for s in there {
-                answer = ask(&env, &s);
-                socket = Some(s);
-                if answer.is_ok() {
-                    break;
-                }
-            }
-            Found {
-                resource,
-                socket,
-                answer,
-            }
-        })
+        .filter(|r| !by_dra(r))
+        .map(|resource| ask_plugin(&env, opts, resource))
         .collect();
     let held = match &opts.pods {
-        Some(sock) => Some(holders(&env, sock)?),
-        None => None,
+        Some(sock) if !found.is_empty() => Some(holders(&env, sock)?),
+        _ => None,
     };
     if opts.json {
-        println!("{}", to_json(&found, held.as_ref()));
+        let dra: Vec<String> = drivers.iter().map(dra::to_json).collect();
+        println!(
+            "{{\"plugins\": [{}], \"dra\": [{}]}}",
+            to_json(&found, held.as_ref()),
+            dra.join(", ")
+        );
     } else {
         print_text(&found, held.as_ref());
+        drivers.iter().for_each(dra::print_text);
     }
     let silent: Vec<&str> = found
         .iter()
@@ -277,12 +272,56 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         f.answer
             .as_ref()
             .is_ok_and(|a| a.healthy() < a.devices.len())
-    });
+    }) || drivers.iter().any(dra::unhealthy);
     Ok(if unhealthy && !opts.liveness {
         Outcome::Unhealthy
     } else {
         Outcome::Healthy
     })
+}
+
+/// The DRA drivers of ours that answer: one per domain of the locked
+/// resources, on `<dra-plugin-dir>/<domain>/dra.sock`.
+fn ask_drivers(env: &Arc<Environment>, opts: &Options, resources: &[String]) -> Vec<dra::Answer> {
+    let mut domains: Vec<&str> = resources
+        .iter()
+        .filter_map(|r| r.split_once('/').map(|(d, _)| d))
+        .collect();
+    domains.sort_unstable();
+    domains.dedup();
+    domains
+        .into_iter()
+        .map(|d| opts.dra_plugin_dir.join(d).join("dra.sock"))
+        .filter(|sock| sock.exists())
+        .filter_map(|sock| dra::ask(env, &sock).ok())
+        .collect()
+}
+
+/// Asks the device plugin serving `resource`, on its socket in either
+/// registration mode.
+fn ask_plugin(env: &Arc<Environment>, opts: &Options, resource: String) -> Found {
+    let there: Vec<PathBuf> = socket::socket_paths(
+        &resource,
+        &opts.device_plugin_dir,
+        &opts.plugins_registry_dir,
+    )
+    .into_iter()
+    .filter(|s| s.exists())
+    .collect();
+    let mut answer = Err("not running: no socket (a lock left by a killed instance)".into());
+    let mut socket = None;
+    for s in there {
+        answer = ask(env, &s);
+        socket = Some(s);
+        if answer.is_ok() {
+            break;
+        }
+    }
+    Found {
+        resource,
+        socket,
+        answer,
+    }
 }
 
 fn print_text(found: &[Found], held: Option<&Holders>) {
@@ -356,6 +395,7 @@ fn device_json(resource: &str, d: &DeviceReport, held: Option<&Holders>) -> Stri
     )
 }
 
+/// The plugins as the items of a JSON list.
 fn to_json(found: &[Found], held: Option<&Holders>) -> String {
     let plugins: Vec<String> = found
         .iter()
@@ -384,5 +424,5 @@ fn to_json(found: &[Found], held: Option<&Holders>) -> String {
             }
         })
         .collect();
-    format!("{{\"plugins\": [{}]}}", plugins.join(", "))
+    plugins.join(", ")
 }

@@ -1,0 +1,195 @@
+//! The gRPC services of the DRA socket: the kubelet's DRAPlugin in both
+//! versions it calls (`v1` from 1.34, `v1beta1`, which the 1.32 kubelet
+//! calls whatever we advertise), served by one implementation, and the
+//! device health stream (`v1alpha1.DRAResourceHealth`), which follows a
+//! [`Watch`] of the full device list. Handlers run on grpcio's poll
+//! thread and never block: a Prepare or Unprepare goes to the `dra-claims`
+//! thread, which replies.
+
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use futures_util::{SinkExt as _, StreamExt as _};
+use grpcio::{RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink, UnarySink, WriteFlags};
+
+use super::claims::{ClaimRef, Job};
+use crate::{
+    api::{dra_health, dra_health_grpc, dra_v1, dra_v1_grpc, dra_v1beta1, dra_v1beta1_grpc},
+    watch::Watch,
+};
+
+/// The health list every stream follows: the whole device list.
+pub type HealthList = Watch<Vec<dra_health::DeviceHealth>>;
+
+/// Closing it (publishing the reason) ends the health streams of one
+/// server generation, so none outlives the server.
+pub type Gate = Watch<Option<&'static str>>;
+
+/// The DRAPlugin service, both versions.
+#[derive(Clone)]
+pub struct DraPlugin {
+    jobs: Sender<Job>,
+}
+
+impl DraPlugin {
+    /// A service handing its calls to the `dra-claims` thread.
+    pub fn new(jobs: Sender<Job>) -> Self {
+        DraPlugin { jobs }
+    }
+
+    fn submit(&self, job: Job) {
+        // The claims thread is gone only while the driver stops, with its
+        // server: the job's sink is dropped, and the call ends with an error.
+        if self.jobs.send(job).is_err() {
+            log::warn!("DRA call dropped: the driver is stopping");
+        }
+    }
+}
+
+/// Sends `resp` on `sink` from the `dra-claims` thread.
+fn send<T: Send + 'static>(sink: UnarySink<T>, resp: T) {
+    if let Err(e) = futures_executor::block_on(sink.success(resp)) {
+        log::debug!("DRA reply not delivered: {e}");
+    }
+}
+
+fn claims<'a>(it: impl Iterator<Item = (&'a str, &'a str, &'a str)>) -> Vec<ClaimRef> {
+    it.map(|(namespace, uid, name)| ClaimRef {
+        namespace: namespace.into(),
+        uid: uid.into(),
+        name: name.into(),
+    })
+    .collect()
+}
+
+/// The DRAPlugin service of one API version: the messages of `v1` and
+/// `v1beta1` carry the same fields under the same numbers, in two
+/// generated modules.
+macro_rules! dra_plugin {
+    ($msgs:ident, $grpc:ident) => {
+        impl $grpc::DraPlugin for DraPlugin {
+            fn node_prepare_resources(
+                &mut self,
+                _ctx: RpcContext,
+                req: $msgs::NodePrepareResourcesRequest,
+                sink: UnarySink<$msgs::NodePrepareResourcesResponse>,
+            ) {
+                let refs = claims(
+                    req.claims
+                        .iter()
+                        .map(|c| (c.namespace.as_str(), c.uid.as_str(), c.name.as_str())),
+                );
+                self.submit(Job::Prepare(
+                    refs,
+                    Box::new(move |answers| {
+                        let mut resp = $msgs::NodePrepareResourcesResponse::new();
+                        for (uid, answer) in answers {
+                            let mut one = $msgs::NodePrepareResourceResponse::new();
+                            match answer {
+                                Ok(devices) => {
+                                    one.devices = devices
+                                        .into_iter()
+                                        .map(|d| $msgs::Device {
+                                            request_names: d.request_names,
+                                            pool_name: d.pool,
+                                            device_name: d.device,
+                                            cdi_device_ids: d.cdi_device_ids,
+                                            ..Default::default()
+                                        })
+                                        .collect()
+                                }
+                                Err(e) => one.error = e,
+                            }
+                            resp.claims.insert(uid, one);
+                        }
+                        send(sink, resp);
+                    }),
+                ));
+            }
+
+            fn node_unprepare_resources(
+                &mut self,
+                _ctx: RpcContext,
+                req: $msgs::NodeUnprepareResourcesRequest,
+                sink: UnarySink<$msgs::NodeUnprepareResourcesResponse>,
+            ) {
+                let refs = claims(
+                    req.claims
+                        .iter()
+                        .map(|c| (c.namespace.as_str(), c.uid.as_str(), c.name.as_str())),
+                );
+                self.submit(Job::Unprepare(
+                    refs,
+                    Box::new(move |answers| {
+                        let mut resp = $msgs::NodeUnprepareResourcesResponse::new();
+                        for (uid, answer) in answers {
+                            let mut one = $msgs::NodeUnprepareResourceResponse::new();
+                            if let Err(e) = answer {
+                                one.error = e;
+                            }
+                            resp.claims.insert(uid, one);
+                        }
+                        send(sink, resp);
+                    }),
+                ));
+            }
+        }
+    };
+}
+
+dra_plugin!(dra_v1, dra_v1_grpc);
+dra_plugin!(dra_v1beta1, dra_v1beta1_grpc);
+
+/// The device health service: each NodeWatchResources stream sends the
+/// whole list at once, then again whenever it is published (a change, and
+/// the periodic resend that keeps the kubelet from timing it out).
+#[derive(Clone)]
+pub struct Health {
+    list: Arc<HealthList>,
+    gate: Arc<Gate>,
+}
+
+impl Health {
+    /// A service following `list` until `gate` closes.
+    pub fn new(list: Arc<HealthList>, gate: Arc<Gate>) -> Self {
+        Health { list, gate }
+    }
+}
+
+impl dra_health_grpc::DraResourceHealth for Health {
+    fn node_watch_resources(
+        &mut self,
+        ctx: RpcContext,
+        _req: dra_health::NodeWatchResourcesRequest,
+        mut sink: ServerStreamingSink<dra_health::NodeWatchResourcesResponse>,
+    ) {
+        log::info!("health stream opened by the kubelet");
+        let gate = self.gate.clone();
+        let mut updates = self
+            .list
+            .subscribe()
+            .take_until(Box::pin(self.gate.when(|reason| reason.is_some())))
+            .map(|devices| {
+                let resp = dra_health::NodeWatchResourcesResponse {
+                    devices: devices.as_ref().clone(),
+                    ..Default::default()
+                };
+                Ok((resp, WriteFlags::default()))
+            });
+        ctx.spawn(async move {
+            let ended = match sink.send_all(&mut updates).await {
+                Ok(()) => {
+                    let why = (*gate.get()).unwrap_or("server stopped");
+                    let status = RpcStatus::with_message(
+                        RpcStatusCode::UNAVAILABLE,
+                        format!("kubelet-plugin: {why}"),
+                    );
+                    let _ = sink.fail(status).await;
+                    format!("ended by us: {why}")
+                }
+                Err(e) => format!("kubelet gone: {e}"),
+            };
+            log::info!("health stream closed why=\"{ended}\"");
+        });
+    }
+}
