@@ -16,7 +16,7 @@ BUILD_FLAGS := --release --target $(HOST)
 BUILD := $(TARGET_DIR)/$(HOST)/release
 
 .PHONY: all deps test-deps build static static-x86_64 static-aarch64 demo test \
-	lint fmt bench fuzz cdi kubelet run.crand run.kvm deploy undeploy image release clean
+	lint fmt bench bench-dra fuzz cdi kubelet run.crand run.kvm deploy undeploy image release clean
 
 # Where the targets that touch a real node work; override on the command
 # line, e.g. `make run.crand DEVICE_PLUGIN_DIR=/tmp/dp`.
@@ -158,8 +158,21 @@ fmt:
 # The figures of design §6, measured on the static x86_64 binaries over
 # the real wire against kubelet-sim, in temp dirs (as root: mknod).
 BENCH_OUT := $(TARGET_DIR)/bench/results.json
+# The DRA figures need a real kube-apiserver: the realnode kit (REALNODE_DIR,
+# else shared/realnode beside the checkout or a dir above), and etcd.
+REALNODE_DIR ?= $(shell d=$(CURDIR); while [ "$$d" != / ]; do d=$$(dirname $$d); [ -x $$d/shared/realnode/unpack ] && { echo $$d/shared/realnode; break; }; done)
 bench: build
 	$(BUILD)/kubelet-sim bench --plugin-bin $(BUILD)/kubelet-plugin --out $(BENCH_OUT)
+	@if [ -n "$(REALNODE_DIR)" ]; then \
+	  $(MAKE) --no-print-directory bench-dra; \
+	else \
+	  echo "DRA figures skipped: no realnode kit for a kube-apiserver (set REALNODE_DIR)"; \
+	fi
+
+bench-dra: build
+	$(call install,etcd-server openssl xz-utils)
+	$(BUILD)/kubelet-sim bench-dra --plugin-bin $(BUILD)/kubelet-plugin --kit $(REALNODE_DIR) \
+	  --out $(TARGET_DIR)/bench/dra.json
 
 # cargo fuzz (nightly) on each harness of src/fuzzing.rs for FUZZ_SECONDS.
 # The kept corpus, testdata/fuzz/<target>, is read; what a run finds goes to

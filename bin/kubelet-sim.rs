@@ -25,6 +25,8 @@ enum Cmd {
     Serve(Serve),
     Demo(Demo),
     Bench(Bench),
+    #[cfg(feature = "dra")]
+    BenchDra(BenchDra),
 }
 
 #[derive(FromArgs)]
@@ -82,6 +84,39 @@ struct Bench {
     /// seconds of idle CPU measurement (default 10)
     #[argh(option, default = "10")]
     idle_secs: u64,
+}
+
+#[cfg(feature = "dra")]
+#[derive(FromArgs)]
+#[argh(subcommand, name = "bench-dra")]
+/// Measure the DRA driver (`run --api dra`) against a real kube-apiserver
+/// v1.36 and etcd started here (etcd on PATH, the API server from the
+/// realnode kit), the simulator playing the kubelet.
+struct BenchDra {
+    /// the plugin binary (default: kubelet-plugin beside this binary)
+    #[argh(option)]
+    plugin_bin: Option<PathBuf>,
+    /// the realnode kit: its `unpack` and `k8s-1.36/`
+    #[argh(option)]
+    kit: PathBuf,
+    /// where to write the JSON results (default bench-dra-results.json)
+    #[argh(option, default = "PathBuf::from(\"bench-dra-results.json\")")]
+    out: PathBuf,
+    /// calls of NodePrepareResources, each for a claim of its own (default 200)
+    #[argh(option, default = "200")]
+    prepares: usize,
+    /// hot-plugged nodes (default 50)
+    #[argh(option, default = "50")]
+    hotplugs: usize,
+    /// seconds the idle driver is watched (default 60)
+    #[argh(option, default = "60")]
+    idle_secs: u64,
+    /// drivers started at once, each its own node (default 100)
+    #[argh(option, default = "100")]
+    instances: usize,
+    /// devices of each of those drivers (default 100)
+    #[argh(option, default = "100")]
+    devices: usize,
 }
 
 /// The plugin binary named, or the one beside this binary.
@@ -359,6 +394,19 @@ fn main() -> ExitCode {
                 restarts: args.restarts,
                 allocates: args.allocates,
                 idle_secs: args.idle_secs,
+            })
+        }),
+        #[cfg(feature = "dra")]
+        Some(Cmd::BenchDra(args)) => plugin_bin(args.plugin_bin).and_then(|plugin_bin| {
+            kubelet_plugin::sim::bench_dra::run(&kubelet_plugin::sim::bench_dra::Options {
+                plugin_bin,
+                kit: args.kit,
+                out: args.out,
+                prepares: args.prepares,
+                hotplugs: args.hotplugs,
+                idle_secs: args.idle_secs,
+                instances: args.instances,
+                devices: args.devices,
             })
         }),
         None => Err("no command given: try `kubelet-sim serve` or `kubelet-sim --help`".into()),

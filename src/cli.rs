@@ -11,7 +11,6 @@ use nix::unistd::{AccessFlags, access};
 
 use crate::{
     deviceplugin::{self, RegistrationMode, allocate::Injection},
-    dra,
     error::{Error, Result},
     inventory::{
         self,
@@ -570,6 +569,7 @@ fn socket_fits(socket: &std::path::Path) -> Result<()> {
 /// The node's name: `--node-name`, else `$NODE_NAME` (a DaemonSet sets it
 /// from `spec.nodeName`), else the host name, lowercased as the kubelet
 /// does; it must be a DNS subdomain, as Node names are.
+#[cfg(feature = "dra")]
 fn node_name(flag: Option<&str>) -> Result<String> {
     let (name, from) = match flag {
         Some(n) => (n.to_string(), "--node-name"),
@@ -606,7 +606,14 @@ impl RunArgs {
         let owner = self.one_api()?;
         let api = match owner {
             ApiFlag::DevicePlugin => Api::DevicePlugin(self.device_plugin(&plugins)?),
+            #[cfg(feature = "dra")]
             ApiFlag::Dra => Api::Dra(Box::new(self.dra()?)),
+            #[cfg(not(feature = "dra"))]
+            ApiFlag::Dra => {
+                return Err(Error::Invalid(
+                    "--api dra: this kubelet-plugin was built without the DRA front end (cargo feature `dra`)".into(),
+                ));
+            }
         };
         Ok(Config {
             plugins,
@@ -666,7 +673,8 @@ impl RunArgs {
 
     /// The DRA front end's configuration: the node, the API server's
     /// credentials, the sockets.
-    fn dra(&self) -> Result<dra::Config> {
+    #[cfg(feature = "dra")]
+    fn dra(&self) -> Result<crate::dra::Config> {
         let driver = self.resource_domain.clone();
         // The API's limit on driver names.
         if driver.len() > 63 {
@@ -683,7 +691,7 @@ impl RunArgs {
             None => crate::kube::Config::in_cluster()
                 .map_err(|e| Error::Invalid(format!("no --kubeconfig, and not in a pod: {e}")))?,
         };
-        let cfg = dra::Config {
+        let cfg = crate::dra::Config {
             driver,
             node,
             plugin_dir: self.dra_plugin_dir.clone(),
@@ -732,6 +740,7 @@ pub fn prepare_dirs(cfg: &Config) -> Result<()> {
                 ensure_dir("--plugins-registry-dir", dir, 0o750)?;
             }
         }
+        #[cfg(feature = "dra")]
         Api::Dra(dra) => {
             ensure_dir("--dra-plugin-dir", &dra.plugin_dir, 0o750)?;
             ensure_dir("--dra-plugin-dir", &dra.driver_dir(), 0o750)?;

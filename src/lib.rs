@@ -51,6 +51,7 @@ pub mod api;
 pub mod atomic;
 pub mod cli;
 pub mod deviceplugin;
+#[cfg(feature = "dra")]
 pub mod dra;
 pub mod error;
 pub mod event;
@@ -60,6 +61,7 @@ pub mod fuzzing;
 pub mod inventory;
 pub mod json;
 pub mod k8s_names;
+#[cfg(feature = "dra")]
 pub mod kube;
 pub mod lockfile;
 pub mod metrics;

@@ -17,7 +17,6 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 
 use crate::{
     deviceplugin::{self, DevicePlugins},
-    dra::{self, DraDriver},
     error::{Error, Result},
     event::{Event, SignalAction},
     frontend::FrontEnd,
@@ -41,7 +40,8 @@ pub enum Api {
     /// The device plugin API `v1beta1`.
     DevicePlugin(deviceplugin::Config),
     /// A DRA driver.
-    Dra(Box<dra::Config>),
+    #[cfg(feature = "dra")]
+    Dra(Box<crate::dra::Config>),
 }
 
 /// What the supervisor runs.
@@ -63,7 +63,8 @@ pub struct Config {
 fn front_end(api: Api, events: Sender<Event>, metrics: Arc<Metrics>) -> Box<dyn FrontEnd> {
     match api {
         Api::DevicePlugin(cfg) => Box::new(DevicePlugins::new(cfg, events, metrics)),
-        Api::Dra(cfg) => Box::new(DraDriver::new(*cfg, events)),
+        #[cfg(feature = "dra")]
+        Api::Dra(cfg) => Box::new(crate::dra::DraDriver::new(*cfg, events)),
     }
 }
 

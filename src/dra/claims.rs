@@ -28,13 +28,7 @@ use super::{
     names,
     slices::ApiVersion,
 };
-use crate::{
-    error::Result,
-    event::Event,
-    inventory::Resource,
-    kube::{self, Client},
-    thread::spawn_named,
-};
+use crate::{error::Result, event::Event, inventory::Resource, kube::Client, thread::spawn_named};
 
 /// A claim as the kubelet names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,8 +65,7 @@ pub type Shown = Arc<Mutex<BTreeMap<String, PreparedClaim>>>;
 struct Claims {
     driver: String,
     node: String,
-    kube: kube::Config,
-    client: Option<Client>,
+    client: Client,
     version: Option<ApiVersion>,
     resources: Vec<Resource>,
     checkpoint: Checkpoint,
@@ -84,7 +77,7 @@ struct Claims {
 pub fn spawn(
     driver: &str,
     node: &str,
-    kube: kube::Config,
+    client: Client,
     resources: Vec<Resource>,
     checkpoint: Checkpoint,
     shown: Shown,
@@ -96,8 +89,7 @@ pub fn spawn(
     let mut claims = Claims {
         driver: driver.to_string(),
         node: node.to_string(),
-        kube,
-        client: None,
+        client,
         version: None,
         resources,
         checkpoint,
@@ -172,10 +164,7 @@ impl Claims {
     }
 
     fn client(&mut self) -> std::result::Result<(Client, ApiVersion), String> {
-        if self.client.is_none() {
-            self.client = Some(Client::new(self.kube.clone()).map_err(|e| e.to_string())?);
-        }
-        let client = self.client.clone().expect("just made");
+        let client = self.client.clone();
         if self.version.is_none() {
             let served = client
                 .served_versions("resource.k8s.io")

@@ -431,6 +431,10 @@ impl FrontEnd for DraDriver {
 
     fn start(&mut self) -> Result<Vec<JoinHandle<()>>> {
         let checkpoint = checkpoint::Checkpoint::load(&self.cfg.driver_dir(), &self.cfg.driver);
+        // One client for both threads: one connection pool, one TLS
+        // session, one set of request counters.
+        let client = kube::Client::new(self.cfg.kube.clone())
+            .map_err(|e| Error::Invalid(format!("the API server's client: {e}")))?;
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let (publish, publish_rx) = unbounded();
         let (jobs, jobs_rx) = unbounded();
@@ -438,7 +442,7 @@ impl FrontEnd for DraDriver {
             publisher::spawn(
                 &self.cfg.driver,
                 &self.cfg.node,
-                self.cfg.kube.clone(),
+                client.clone(),
                 self.resources.clone(),
                 self.published.clone(),
                 publish_rx,
@@ -448,7 +452,7 @@ impl FrontEnd for DraDriver {
             claims::spawn(
                 &self.cfg.driver,
                 &self.cfg.node,
-                self.cfg.kube.clone(),
+                client,
                 self.resources.clone(),
                 checkpoint,
                 self.prepared.clone(),

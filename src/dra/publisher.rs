@@ -24,13 +24,7 @@ use super::{
     names,
     slices::{ApiVersion, Pool, Published, plan},
 };
-use crate::{
-    error::Result,
-    event::Event,
-    inventory::Resource,
-    kube::{self, Client},
-    thread::spawn_named,
-};
+use crate::{error::Result, event::Event, inventory::Resource, kube::Client, thread::spawn_named};
 
 /// How often the slices are read back with nothing else to do.
 pub const VERIFY_EVERY: Duration = Duration::from_secs(60);
@@ -68,8 +62,7 @@ pub type Shown = Arc<Mutex<State>>;
 struct Publisher {
     driver: String,
     node: String,
-    kube: kube::Config,
-    client: Option<Client>,
+    client: Client,
     pool: Option<Pool>,
     resources: Vec<Resource>,
     /// The server's slices as we know them; `None`: read them first.
@@ -82,7 +75,7 @@ struct Publisher {
 pub fn spawn(
     driver: &str,
     node: &str,
-    kube: kube::Config,
+    client: Client,
     resources: Vec<Resource>,
     shown: Shown,
     msgs: Receiver<Msg>,
@@ -92,8 +85,7 @@ pub fn spawn(
     let mut p = Publisher {
         driver: driver.to_string(),
         node: node.to_string(),
-        kube,
-        client: None,
+        client,
         pool: None,
         resources,
         have: None,
@@ -186,10 +178,7 @@ impl Publisher {
 
     /// The client, the API version, the Node's UID: learnt once.
     fn pool(&mut self) -> std::result::Result<(Client, Pool), String> {
-        if self.client.is_none() {
-            self.client = Some(Client::new(self.kube.clone()).map_err(|e| e.to_string())?);
-        }
-        let client = self.client.clone().expect("just made");
+        let client = self.client.clone();
         if self.pool.is_none() {
             let served = client
                 .served_versions("resource.k8s.io")

@@ -52,7 +52,7 @@ pub struct Options {
 }
 
 /// One line of the table.
-struct Figure {
+pub(super) struct Figure {
     name: String,
     value: String,
     target: String,
@@ -61,13 +61,13 @@ struct Figure {
 
 /// Everything measured, as table rows and as JSON members.
 #[derive(Default)]
-struct Report {
+pub(super) struct Report {
     figures: Vec<Figure>,
     json: Vec<(String, String)>,
 }
 
 impl Report {
-    fn figure(&mut self, name: &str, value: String, target: &str, pass: Option<bool>) {
+    pub(super) fn figure(&mut self, name: &str, value: String, target: &str, pass: Option<bool>) {
         self.figures.push(Figure {
             name: name.into(),
             value,
@@ -77,12 +77,12 @@ impl Report {
     }
 
     /// A raw number under `key` in the JSON.
-    fn num(&mut self, key: &str, v: f64) {
+    pub(super) fn num(&mut self, key: &str, v: f64) {
         self.json.push((key.into(), format!("{v:.3}")));
     }
 
     /// A latency distribution (ms) under `key`.
-    fn dist(&mut self, key: &str, d: &Dist) {
+    pub(super) fn dist(&mut self, key: &str, d: &Dist) {
         self.json.push((
             key.into(),
             format!(
@@ -92,7 +92,7 @@ impl Report {
         ));
     }
 
-    fn to_json(&self) -> String {
+    pub(super) fn to_json(&self) -> String {
         let mut s = String::from("{\n  \"figures\": [\n");
         for (i, f) in self.figures.iter().enumerate() {
             let pass = match f.pass {
@@ -122,7 +122,7 @@ impl Report {
         s
     }
 
-    fn print_table(&self) {
+    pub(super) fn print_table(&self) {
         // Each column as wide as its widest cell or its header.
         let width = |cell: fn(&Figure) -> &str, header: &str| {
             self.figures
@@ -152,15 +152,15 @@ impl Report {
 
 /// A latency distribution in milliseconds.
 #[derive(Clone, Copy, Debug, Default)]
-struct Dist {
-    n: usize,
-    p50: f64,
-    p99: f64,
-    max: f64,
+pub(super) struct Dist {
+    pub(super) n: usize,
+    pub(super) p50: f64,
+    pub(super) p99: f64,
+    pub(super) max: f64,
 }
 
 impl Dist {
-    fn of(samples: &[Duration]) -> Dist {
+    pub(super) fn of(samples: &[Duration]) -> Dist {
         let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
         ms.sort_by(f64::total_cmp);
         let at = |q: f64| {
@@ -178,7 +178,7 @@ impl Dist {
         }
     }
 
-    fn ms(&self) -> String {
+    pub(super) fn ms(&self) -> String {
         format!(
             "p50 {:.2} / p99 {:.2} / max {:.2} ms",
             self.p50, self.p99, self.max
@@ -196,23 +196,23 @@ impl Dist {
 }
 
 /// One line of progress on stderr, overwritten by the next.
-fn progress(msg: &str) {
+pub(super) fn progress(msg: &str) {
     eprint!("\r\x1b[2K[bench] {msg}");
     let _ = std::io::stderr().flush();
 }
 
 /// What /proc says of a process.
 #[derive(Clone, Copy, Debug, Default)]
-struct Footprint {
-    rss_kib: u64,
-    threads: usize,
+pub(super) struct Footprint {
+    pub(super) rss_kib: u64,
+    pub(super) threads: usize,
     /// Threads not named by grpc's C core (whose names start with "grpc",
     /// "event_engine", "timer", "default-executor", "resolver-executor").
     own_threads: usize,
     fds: usize,
 }
 
-fn footprint(pid: u32) -> Footprint {
+pub(super) fn footprint(pid: u32) -> Footprint {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| -> u64 {
         status
@@ -247,7 +247,7 @@ fn footprint(pid: u32) -> Footprint {
 }
 
 /// User + system CPU time of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
+pub(super) fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the ")" that ends the command name; utime, stime are 14, 15.
     let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
@@ -257,7 +257,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 }
 
 /// Clock ticks per second, the unit of [`cpu_ticks`].
-fn clk_tck() -> f64 {
+pub(super) fn clk_tck() -> f64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()

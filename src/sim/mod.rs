@@ -25,6 +25,8 @@
 //! DRA driver instance (1.36), which follows its health stream.
 
 pub mod bench;
+#[cfg(feature = "dra")]
+pub mod bench_dra;
 pub mod demo;
 pub mod dra;
 pub mod validate;
