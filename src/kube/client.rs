@@ -125,6 +125,13 @@ impl Client {
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_global(Some(DEFAULT_TIMEOUT))
             .user_agent(format!("kubelet-plugin/{}", crate::VERSION))
+            // ureq's 128 KiB per direction and connection is sized for big
+            // transfers; our requests and the API's headers are small and
+            // bodies stream through, and a node agent's RSS counts.
+            .input_buffer_size(32 * 1024)
+            .output_buffer_size(16 * 1024)
+            .max_response_header_size(16 * 1024)
+            .max_idle_connections_per_host(2)
             .build()
             .into();
 
