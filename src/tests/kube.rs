@@ -17,278 +17,35 @@
 //!
 //! One API server for all the checks, on ports of its own (26443, and
 //! 32379/32380 for etcd: another suite runs a cluster on 6443/2379/2380).
-//! [`Cluster`]'s drop stops both processes by pid and removes their temp
-//! dir, also when a check fails; should the test process itself be
-//! killed, the kernel kills them (`PR_SET_PDEATHSIG`) and only the temp
-//! dir (`/tmp/kp-kube-*`) stays.
+//! [`Cluster`] (`apiserver.rs`, shared with the DRA suite) stops both
+//! processes by pid and removes their temp dir on drop, also when a check
+//! fails; should the test process itself be killed, the kernel kills them
+//! (`PR_SET_PDEATHSIG`) and only the temp dir (`/tmp/kp-kube-*`) stays.
 
 use std::{
-    fs::File,
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
-    os::unix::process::CommandExt,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    net::TcpListener,
+    path::Path,
     time::{Duration, Instant},
 };
 
+mod apiserver;
 mod common;
 
+use apiserver::{Cluster, Ports, V1_36, fixture};
 use base64::Engine as _;
 use kubelet_plugin::kube::{self, Client, Config, query_escape};
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
 use serde_json::json;
 
-const APISERVER_PORT: u16 = 26443;
-const ETCD_PORT: u16 = 32379;
-const ETCD_PEER_PORT: u16 = 32380;
+const PORTS: Ports = Ports {
+    apiserver: 26443,
+    etcd: 32379,
+    etcd_peer: 32380,
+};
+const APISERVER_PORT: u16 = PORTS.apiserver;
 const TEST: &str = "kube API server suite";
-/// For the API server's start (about 5 s here) and etcd's.
-const START: Duration = Duration::from_secs(90);
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn fixture(name: &str) -> PathBuf {
-    repo().join("testdata/kube").join(name)
-}
 
 fn b64(path: &Path) -> String {
     base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
-}
-
-/// `name` on the PATH.
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-/// The kube-apiserver binary: `KUBE_APISERVER`, else the kit's, unpacked
-/// once under the target dir; or why there is none.
-fn apiserver_bin() -> Result<PathBuf, String> {
-    if let Some(bin) = std::env::var_os("KUBE_APISERVER") {
-        return Ok(bin.into());
-    }
-    let kit = std::env::var_os("REALNODE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            repo()
-                .ancestors()
-                .skip(1)
-                .map(|d| d.join("shared/realnode"))
-                .find(|d| d.join("unpack").exists())
-        })
-        .filter(|d| d.join("unpack").exists())
-        .ok_or(
-            "no shared/realnode kit (REALNODE_DIR) and no KUBE_APISERVER=/path/to/kube-apiserver",
-        )?;
-    let bin = Path::new(env!("CARGO_TARGET_TMPDIR")).join("k8s-1.36");
-    let mut unpack = Command::new(kit.join("unpack"));
-    unpack.arg(&bin).arg("k8s-1.36");
-    let out = common::output(unpack, Duration::from_secs(300));
-    if !out.status.success() {
-        return Err(format!(
-            "{}/unpack {} k8s-1.36 failed: {}",
-            kit.display(),
-            bin.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(bin.join("kube-apiserver"))
-}
-
-/// etcd and kube-apiserver, started in a temp dir; stopped (by pid) and
-/// the dir removed on drop.
-struct Cluster {
-    dir: tempfile::TempDir,
-    /// Started first, stopped last.
-    procs: Vec<(&'static str, Child)>,
-}
-
-impl Cluster {
-    fn start(etcd: &Path, apiserver: &Path) -> Cluster {
-        for port in [APISERVER_PORT, ETCD_PORT, ETCD_PEER_PORT] {
-            if let Err(e) = TcpListener::bind(("127.0.0.1", port)) {
-                panic!("port {port} is taken ({e}): a leftover of an earlier run? (ss -ltnp)");
-            }
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("kp-kube-")
-            .tempdir()
-            .unwrap();
-        let mut cluster = Cluster {
-            dir,
-            procs: Vec::new(),
-        };
-        let d = cluster.dir.path().to_path_buf();
-        std::fs::write(
-            d.join("tokens.csv"),
-            "admin-token,admin,admin,\"system:masters\"\nnobody-token,nobody,nobody\n",
-        )
-        .unwrap();
-
-        let client_url = format!("http://127.0.0.1:{ETCD_PORT}");
-        let peer_url = format!("http://127.0.0.1:{ETCD_PEER_PORT}");
-        cluster.spawn(
-            "etcd",
-            Command::new(etcd)
-                .args(["--name", "kube-test", "--data-dir"])
-                .arg(d.join("etcd"))
-                .args(["--listen-client-urls", &client_url])
-                .args(["--advertise-client-urls", &client_url])
-                .args(["--listen-peer-urls", &peer_url])
-                .args(["--initial-advertise-peer-urls", &peer_url])
-                .args(["--initial-cluster", &format!("kube-test={peer_url}")]),
-        );
-        cluster.wait("etcd", || etcd_healthy().then_some(()));
-
-        // The flags of shared/realnode/cluster, with a client CA (the
-        // fixtures' CA, which signed client.crt) and RBAC alone.
-        let sa_key = fixture("sa.key");
-        let mut cmd = Command::new(apiserver);
-        cmd.arg(format!("--etcd-servers={client_url}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!("--secure-port={APISERVER_PORT}"))
-            .arg("--advertise-address=127.0.0.1")
-            .arg(format!("--cert-dir={}", d.join("serving").display()))
-            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
-            .arg(format!("--service-account-key-file={}", sa_key.display()))
-            .arg(format!(
-                "--service-account-signing-key-file={}",
-                sa_key.display()
-            ))
-            .arg(format!(
-                "--token-auth-file={}",
-                d.join("tokens.csv").display()
-            ))
-            .arg(format!("--client-ca-file={}", fixture("ca.crt").display()))
-            .arg("--authorization-mode=RBAC")
-            .arg("--disable-admission-plugins=ServiceAccount")
-            .arg("--endpoint-reconciler-type=none")
-            .arg("--service-cluster-ip-range=10.96.0.0/24");
-        cluster.spawn("apiserver", &mut cmd);
-        cluster
-    }
-
-    /// Starts `cmd` as `name`, its output in `<dir>/<name>.log`.
-    fn spawn(&mut self, name: &'static str, cmd: &mut Command) {
-        let log = File::create(self.log(name)).unwrap();
-        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches
-        // no memory of the parent; it runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-            });
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
-        self.procs.push((name, child));
-    }
-
-    fn log(&self, name: &str) -> PathBuf {
-        self.dir.path().join(format!("{name}.log"))
-    }
-
-    /// The last lines of `name`'s log.
-    fn tail(&self, name: &str) -> String {
-        let text = std::fs::read_to_string(self.log(name)).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    }
-
-    /// Polls `ready` until it answers, at most [`START`]; fails at once,
-    /// with its log, if a process ended.
-    fn wait<T>(&mut self, what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + START;
-        loop {
-            if let Some(v) = ready() {
-                return v;
-            }
-            let exited = self.procs.iter_mut().find_map(|(name, child)| {
-                child
-                    .try_wait()
-                    .ok()
-                    .flatten()
-                    .map(|status| (*name, status))
-            });
-            if let Some((name, status)) = exited {
-                panic!("{name} exited ({status}):\n{}", self.tail(name));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what} not ready after {START:?}:\n{}",
-                self.tail("apiserver")
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// The API server's self-signed certificate (the leaf and its CA): the
-    /// CA of every kubeconfig here.
-    fn ca(&self) -> PathBuf {
-        self.dir.path().join("serving/apiserver.crt")
-    }
-
-    /// Writes kubeconfig `name` with these cluster and user fields (flow
-    /// style).
-    fn kubeconfig(&self, name: &str, cluster: &str, user: &str) -> PathBuf {
-        let path = self.dir.path().join(name);
-        std::fs::write(
-            &path,
-            format!(
-                "{{apiVersion: v1, kind: Config, current-context: c,\n \
-                 clusters: [{{name: local, cluster: {{server: 'https://127.0.0.1:{APISERVER_PORT}', {cluster}}}}}],\n \
-                 users: [{{name: u, user: {{{user}}}}}],\n \
-                 contexts: [{{name: c, context: {{cluster: local, user: u}}}}]}}\n"
-            ),
-        )
-        .unwrap();
-        path
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // The API server first, then its etcd; by pid, SIGTERM then SIGKILL.
-        while let Some((name, mut child)) = self.procs.pop() {
-            let pid = Pid::from_raw(child.id() as i32);
-            let _ = kill(pid, Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if matches!(child.try_wait(), Ok(None)) {
-                eprintln!("{name} did not stop on SIGTERM: killed");
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Whether etcd answers `GET /health` with `"health":"true"`.
-fn etcd_healthy() -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", ETCD_PORT)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
-    answer.contains("\"health\":\"true\"")
 }
 
 fn client(kubeconfig: &Path) -> Client {
@@ -311,23 +68,11 @@ fn whoami(c: &Client) -> String {
 
 #[test]
 fn test_against_a_real_api_server() {
-    let Some(etcd) = on_path("etcd") else {
-        return common::skip(
-            TEST,
-            "no etcd on the PATH (Debian: apt-get install etcd-server)",
-        );
-    };
-    let apiserver = match apiserver_bin() {
-        Ok(bin) => bin,
-        // Rightly skipped without the kit, as the real-node suite is;
-        // CI, which has it, requires it.
-        Err(why) if std::env::var("REQUIRE_REALNODE").is_ok_and(|v| v == "1") => {
-            panic!("REQUIRE_REALNODE=1 but {TEST} cannot run: {why}")
-        }
-        Err(why) => return common::record_skip(TEST, &why),
+    let Some((etcd, apiserver)) = apiserver::binaries(TEST, V1_36) else {
+        return;
     };
     let started = Instant::now();
-    let mut cluster = Cluster::start(&etcd, &apiserver);
+    let mut cluster = Cluster::start(&etcd, &apiserver, PORTS, V1_36);
     let dir = cluster.dir.path().to_path_buf();
 
     // Token auth, block style, the CA by a path relative to the kubeconfig.
@@ -345,10 +90,7 @@ fn test_against_a_real_api_server() {
     .unwrap();
     // Ready: the default namespace exists (the API server makes it once
     // it serves).
-    let admin = cluster.wait("the API server", || {
-        let c = Client::new(Config::from_kubeconfig(&admin_kc).ok()?).ok()?;
-        c.get("/api/v1/namespaces/default").ok().map(|_| c)
-    });
+    let admin = cluster.wait_ready(&admin_kc);
     eprintln!(
         "[{:>5.1} s] API server ready",
         started.elapsed().as_secs_f64()
