@@ -23,7 +23,9 @@ use crate::kube::{self, Client};
 
 const DRIVER: &str = "github.com.ihcsim";
 const APISERVER_PORT: u16 = 28443;
-const ETCD_PORTS: (u16, u16) = (35379, 35380);
+// Below the kernel's ephemeral ports (32768..), where a leftover client
+// connection could hold one.
+const ETCD_PORTS: (u16, u16) = (28379, 28380);
 const TOKEN: &str = "bench-admin-token";
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -16,7 +16,9 @@
 //! `REQUIRE_REALNODE=1`, as CI sets it when it finds the kit, it fails).
 //!
 //! One API server for all the checks, on ports of its own (26443, and
-//! 32379/32380 for etcd: another suite runs a cluster on 6443/2379/2380).
+//! 26379/26380 for etcd, below the kernel's ephemeral ports, where a
+//! leftover client connection could hold one: another suite runs a cluster
+//! on 6443/2379/2380).
 //! [`Cluster`] (`apiserver.rs`, shared with the DRA suite) stops both
 //! processes by pid and removes their temp dir on drop, also when a check
 //! fails; should the test process itself be killed, the kernel kills them
@@ -38,8 +40,8 @@ use serde_json::json;
 
 const PORTS: Ports = Ports {
     apiserver: 26443,
-    etcd: 32379,
-    etcd_peer: 32380,
+    etcd: 26379,
+    etcd_peer: 26380,
 };
 const APISERVER_PORT: u16 = PORTS.apiserver;
 const TEST: &str = "kube API server suite";
