@@ -50,13 +50,17 @@ deps:
 
 # What the tests need besides: a real container runtime for the CDI tests,
 # shellcheck for the scripts, etcd for the API server the kube client's
-# suite starts, and Prometheus's own text format checker, promtool, taken
-# out of Debian's prometheus package (not installed: that would bring a
-# Prometheus server along).
+# suite starts, what the realnode kit's `cluster` script runs for the DRA
+# suite (etcd, runc, the CNI plugins, jq, curl, openssl, ip, pgrep: it
+# would apt-get some of them itself, in the middle of a test), and
+# Prometheus's own text format checker, promtool, taken out of Debian's
+# prometheus package (not installed: that would bring a Prometheus server
+# along).
 PROMTOOL := $(abspath $(TARGET_DIR)/tools/promtool)
 export PROMTOOL
 test-deps: deps $(PROMTOOL)
-	$(call install,podman runc busybox-static util-linux file systemd xz-utils shellcheck etcd-server)
+	$(call install,podman runc busybox-static util-linux file systemd xz-utils shellcheck \
+	  etcd-server etcd-client containernetworking-plugins jq curl openssl iproute2 procps)
 
 $(PROMTOOL):
 	$(call install,dpkg)

@@ -80,7 +80,7 @@ fn hash8(s: &str) -> String {
 /// `ttyusb0` is not: IDs keep their case); otherwise lowercased, every
 /// character but letters, digits and `-` made `-`, cut to 54 and `-` plus
 /// 8 hex digits of a hash of the ID added, so IDs that read alike stay
-/// apart (`ttyUSB0` -> `ttyusb0-1c0e2a77`).
+/// apart (`ttyUSB0` -> `ttyusb0-4452f912`).
 pub fn label(id: &str) -> String {
     if k8s_names::dns_label(id) {
         return id.to_string();

@@ -230,3 +230,142 @@ pub fn record_skip(test: &str, why: &str) {
         }
     }
 }
+
+// What the real-node suites (node.rs, dra.rs) share: the kit, processes
+// by name or command line, mounts, and bounded polling.
+
+/// Written into `/var/lib/kubelet` when a real-node suite makes it: a
+/// leftover with it is ours to clean, one without it is someone else's.
+pub const REALNODE_MARKER: &str = ".kubelet-plugin-realnode-test";
+
+/// The `shared/realnode` test kit: `REALNODE_DIR`, else a
+/// `shared/realnode` beside the checkout or in a dir above it.
+pub fn realnode_kit() -> Option<PathBuf> {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::env::var_os("REALNODE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            repo.ancestors()
+                .skip(1)
+                .map(|d| d.join("shared/realnode"))
+                .find(|d| d.join("unpack").exists())
+        })
+        .filter(|d| d.join("unpack").exists())
+}
+
+/// The pids of the live processes called `name` (zombies left out).
+pub fn running(name: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim() == name && !gone(pid as i32) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Whether process `pid` has ended: no such process, or a zombie that
+/// only waits for its parent (init here reaps orphans only every second
+/// or two) to collect it.
+pub fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+/// The pids of the processes whose command line mentions `text`.
+pub fn mentioning(text: &str) -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name == me || name.parse::<i32>().is_err() {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(text) {
+            pids.push(name.parse().unwrap());
+        }
+    }
+    pids
+}
+
+/// `pids` and every process below them (a shim's containers).
+pub fn with_descendants(pids: &[i32]) -> Vec<i32> {
+    let mut parent = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if let Some(ppid) = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').nth(1))
+            .and_then(|p| p.parse::<i32>().ok())
+        {
+            parent.push((pid, ppid));
+        }
+    }
+    let mut all: Vec<i32> = pids.to_vec();
+    let mut i = 0;
+    while i < all.len() {
+        let p = all[i];
+        for (child, _) in parent.iter().filter(|(_, pp)| *pp == p) {
+            if !all.contains(child) {
+                all.push(*child);
+            }
+        }
+        i += 1;
+    }
+    all
+}
+
+/// Unmounts everything mounted at or below any of `roots`, deepest first.
+pub fn unmount_below(roots: &[&std::path::Path]) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| roots.iter().any(|r| p.starts_with(r)))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        // Lazily: a mount still busy goes once its last user does.
+        let _ = Command::new("umount").arg("-l").arg(&p).status();
+    }
+}
+
+/// Removes `p`, a file or a whole dir; nothing there is fine.
+pub fn remove(p: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
+        Ok(_) => std::fs::remove_file(p),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Polls `probe` every 100 ms until it gives a value, at most `limit`.
+pub fn wait_until<T>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Result<T, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("timed out after {limit:?} waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,20 +1,23 @@
-//! The real-node suite: our binary against a real kubelet (v1.32, the
-//! upstream device manager) and a real containerd 2.x with CDI, with real
-//! pods that get our devices, on the real default dirs
-//! (`/var/lib/kubelet/device-plugins`, `/dev`, `/var/run/cdi`).
+//! The real-node suite: our binary against a real kubelet, v1.36 and then
+//! v1.32 (the upstream device manager, each on a node of its own), and a
+//! real containerd 2.x with CDI, with real pods that get our devices, on
+//! the real default dirs (`/var/lib/kubelet/device-plugins`, `/dev`,
+//! `/var/run/cdi`).
 //!
-//! The kubelet and containerd come from `REALNODE_DIR`, or a
-//! `shared/realnode` kit beside the checkout or a dir above it, else from `KUBELET` and `CONTAINERD` (with
+//! The kubelets and containerd come from `REALNODE_DIR`, or a
+//! `shared/realnode` kit beside the checkout or a dir above it (its `bin`
+//! set: containerd and the v1.32 kubelet; its `k8s-1.36` set: the v1.36
+//! kubelet), else from `KUBELET` and `CONTAINERD` (one kubelet; with
 //! `containerd-shim-runc-v2` beside it; `CRICTL` optional, and images that
 //! containerd can pull); without either the suite says in one line that it
 //! is skipped and why. With `REQUIRE_REALNODE=1` (CI) a skip is a failure.
 //!
-//! One test runs the phases in order on one node, because a machine has
-//! one `/var/lib/kubelet`: it refuses to start when a kubelet runs or
-//! `/var/lib/kubelet` belongs to someone else, and [`Node`]'s drop stops
-//! everything it started and removes everything it made, also when a check
-//! fails; what a killed run left behind is cleaned up by the next one. Each
-//! failure message shows the kubelet log lines that matter.
+//! One test runs the phases in order on one node per kubelet, because a
+//! machine has one `/var/lib/kubelet`: it refuses to start when a kubelet
+//! runs or `/var/lib/kubelet` belongs to someone else, and [`Node`]'s drop
+//! stops everything it started and removes everything it made, also when a
+//! check fails; what a killed run left behind is cleaned up by the next
+//! one. Each failure message shows the kubelet log lines that matter.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -27,7 +30,7 @@ use std::{
 
 mod common;
 
-use common::Plugin;
+use common::{Plugin, mentioning, remove, running, unmount_below, wait_until};
 use kubelet_plugin::api::api;
 use nix::{
     sys::{
@@ -62,9 +65,9 @@ const HOST_PATHS: &[&str] = &[
     "/run/nri",
     CDI_DIR,
 ];
-/// Written into `/var/lib/kubelet` when this suite makes it: a leftover
-/// with it is ours to clean, one without it is someone else's.
-const MARKER: &str = ".kubelet-plugin-realnode-test";
+/// Written into `/var/lib/kubelet` when this suite makes it (see
+/// [`common::REALNODE_MARKER`]).
+const MARKER: &str = common::REALNODE_MARKER;
 const SHORT: Duration = Duration::from_secs(15);
 /// For what waits on containers and kubelet restarts.
 const LONG: Duration = Duration::from_secs(60);
@@ -88,9 +91,11 @@ fn made_list() -> PathBuf {
     keep_dir().join("made.txt")
 }
 
-/// The kubelet, containerd and their helpers this run uses.
+/// The containerd and helpers this run uses, and the kubelets the suite
+/// runs with, one after the other.
+#[derive(Clone)]
 struct Tools {
-    kubelet: PathBuf,
+    kubelets: Vec<Kubelet>,
     containerd: PathBuf,
     /// Put first on containerd's PATH: where its shim is.
     bin_dir: PathBuf,
@@ -100,118 +105,93 @@ struct Tools {
     images: Vec<PathBuf>,
 }
 
-/// Finds the tools, or says why there are none.
-fn tools() -> Result<Tools, String> {
-    // A test kit beside the checkout or any dir above it.
-    let realnode = std::env::var_os("REALNODE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            repo()
-                .ancestors()
-                .skip(1)
-                .map(|d| d.join("shared/realnode"))
-                .find(|d| d.join("unpack").exists())
+/// A kubelet binary and its version.
+#[derive(Clone, Debug)]
+struct Kubelet {
+    path: PathBuf,
+    /// As `--version` says it: `v1.36.3`.
+    version: String,
+    /// The minor version: 36.
+    minor: u32,
+}
+
+impl Kubelet {
+    fn new(path: PathBuf) -> Result<Kubelet, String> {
+        let mut cmd = Command::new(&path);
+        cmd.arg("--version");
+        let out = common::output(cmd, SHORT);
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        // "Kubernetes v1.36.3"
+        let version = text.rsplit(' ').next().unwrap_or_default().to_string();
+        let minor = version
+            .split('.')
+            .nth(1)
+            .and_then(|m| m.parse().ok())
+            .ok_or_else(|| format!("{} --version: {text:?}", path.display()))?;
+        Ok(Kubelet {
+            path,
+            version,
+            minor,
         })
-        .unwrap_or_else(|| repo().join("../shared/realnode"));
-    if realnode.join("unpack").exists() {
+    }
+}
+
+/// Unpacks the kit's set `set` into `dir` (once: `unpack` skips what is
+/// there and newer than its archive).
+fn unpack(kit: &Path, set: &str, dir: &Path) -> Result<(), String> {
+    let mut cmd = Command::new(kit.join("unpack"));
+    cmd.arg(dir).arg(set);
+    let out = common::output(cmd, Duration::from_secs(300));
+    if !out.status.success() {
+        return Err(format!(
+            "{}/unpack {} {set} failed: {}",
+            kit.display(),
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// Finds the tools, or says why there are none: the kit's containerd and
+/// its kubelets v1.32 (`bin`) and v1.36 (`k8s-1.36`, unpacked where the
+/// kube and DRA suites unpack it too), else `KUBELET` and `CONTAINERD`.
+fn tools() -> Result<Tools, String> {
+    if let Some(kit) = common::realnode_kit() {
         let bin = keep_dir().join("bin");
-        let out = common::output(
-            {
-                let mut c = Command::new(realnode.join("unpack"));
-                c.arg(&bin);
-                c
-            },
-            Duration::from_secs(120),
-        );
-        if !out.status.success() {
-            return Err(format!(
-                "{}/unpack failed: {}",
-                realnode.display(),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+        unpack(&kit, "bin", &bin)?;
+        let k136 = Path::new(env!("CARGO_TARGET_TMPDIR")).join("k8s-1.36");
+        unpack(&kit, "k8s-1.36", &k136)?;
         return Ok(Tools {
-            kubelet: bin.join("kubelet"),
+            kubelets: vec![
+                Kubelet::new(k136.join("kubelet"))?,
+                Kubelet::new(bin.join("kubelet"))?,
+            ],
             containerd: bin.join("containerd"),
             crictl: Some(bin.join("crictl")),
             ctr: Some(bin.join("ctr")),
             bin_dir: bin,
-            images: vec![
-                realnode.join("images/busybox.tar"),
-                realnode.join("images/pause.tar"),
-            ],
+            images: vec![kit.join("images/busybox.tar"), kit.join("images/pause.tar")],
         });
     }
     let (Some(kubelet), Some(containerd)) =
         (std::env::var_os("KUBELET"), std::env::var_os("CONTAINERD"))
     else {
-        return Err(format!(
-            "no {} and no KUBELET=/path/to/kubelet CONTAINERD=/path/to/containerd (2.x)",
-            realnode.display()
-        ));
+        return Err(
+            "no shared/realnode kit (REALNODE_DIR) and no KUBELET=/path/to/kubelet CONTAINERD=/path/to/containerd (2.x)"
+                .into(),
+        );
     };
     let containerd = PathBuf::from(containerd);
     let bin_dir = containerd.parent().unwrap_or(Path::new("/")).to_path_buf();
     Ok(Tools {
-        kubelet: kubelet.into(),
+        kubelets: vec![Kubelet::new(kubelet.into())?],
         crictl: std::env::var_os("CRICTL").map(PathBuf::from),
         ctr: Some(bin_dir.join("ctr")).filter(|p| p.exists()),
         bin_dir,
         containerd,
         images: Vec::new(),
     })
-}
-
-/// Whether a process called `name` runs.
-fn running(name: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        let state = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = state
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z'));
-        if comm.trim() == name && !zombie {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// The pids of the processes whose command line mentions `text`.
-fn mentioning(text: &str) -> Vec<i32> {
-    let me = std::process::id().to_string();
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().to_string();
-        if name == me || name.parse::<i32>().is_err() {
-            continue;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(text) {
-            pids.push(name.parse().unwrap());
-        }
-    }
-    pids
-}
-
-/// Unmounts everything mounted at or below any of `roots`, deepest first.
-fn unmount_below(roots: &[&Path]) {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<PathBuf> = mounts
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(PathBuf::from)
-        .filter(|p| roots.iter().any(|r| p.starts_with(r)))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for p in points {
-        // Lazily: a mount still busy goes once its last user does.
-        let _ = Command::new("umount").arg("-l").arg(&p).status();
-    }
 }
 
 /// What a killed earlier run left: its processes, mounts and files.
@@ -234,14 +214,6 @@ fn clean_leftovers() {
     let _ = std::fs::remove_file(made_list());
 }
 
-fn remove(p: &Path) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
-        Ok(_) => std::fs::remove_file(p),
-        Err(_) => Ok(()),
-    }
-}
-
 /// A device plugin: ours, run by the node.
 struct Running {
     plugin: Plugin,
@@ -253,6 +225,8 @@ struct Running {
 struct Node {
     work: tempfile::TempDir,
     tools: Tools,
+    /// The kubelet binary this node runs.
+    kubelet_bin: Kubelet,
     containerd: Option<Child>,
     kubelet: Option<Child>,
     kubelet_starts: usize,
@@ -278,7 +252,7 @@ impl Node {
 
     /// Starts containerd and the kubelet; refuses when another kubelet
     /// runs or `/var/lib/kubelet` is someone else's.
-    fn start(tools: Tools) -> Result<Node, String> {
+    fn start(tools: Tools, kubelet_bin: Kubelet) -> Result<Node, String> {
         let others = running("kubelet");
         if !others.is_empty() {
             return Err(format!(
@@ -297,10 +271,12 @@ impl Node {
             .prefix("kp-node-")
             .tempdir()
             .map_err(|e| e.to_string())?;
+        // A /var/lib/kubelet with the marker is what a killed run of a
+        // real-node suite (this one or the DRA suite) left: ours to remove.
         let made: Vec<PathBuf> = HOST_PATHS
             .iter()
             .map(PathBuf::from)
-            .filter(|p| !p.exists())
+            .filter(|p| !p.exists() || (p == kubelet_dir && p.join(MARKER).exists()))
             .chain([work.path().to_path_buf()])
             .collect();
         // Written first: a run killed from here on is cleaned by the next.
@@ -310,6 +286,7 @@ impl Node {
         let mut node = Node {
             work,
             tools,
+            kubelet_bin,
             containerd: None,
             kubelet: None,
             kubelet_starts: 0,
@@ -426,6 +403,12 @@ impl Node {
         )
         .unwrap();
         set(&mut config, "evictionHard", eviction);
+        if self.kubelet_bin.minor >= 31 {
+            // From 1.35 a kubelet refuses to start on a cgroup v1 host
+            // (these machines) unless told not to; the field is there
+            // since 1.31.
+            set(&mut config, "failCgroupV1", false.into());
+        }
         let path = self.work().join("kubelet.yaml");
         std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
         let log = std::fs::OpenOptions::new()
@@ -433,7 +416,7 @@ impl Node {
             .append(true)
             .open(self.kubelet_log())
             .unwrap();
-        let child = Command::new(&self.tools.kubelet)
+        let child = Command::new(&self.kubelet_bin.path)
             .arg("--config")
             .arg(&path)
             .args(["--hostname-override", NODE, "--v=4"])
@@ -441,7 +424,7 @@ impl Node {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.tools.kubelet.display()));
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.kubelet_bin.path.display()));
         self.kubelet = Some(child);
         self.kubelet_starts += 1;
         let sock = Path::new(PLUGIN_DIR).join("kubelet.sock");
@@ -723,23 +706,6 @@ fn crand_nodes() -> BTreeSet<PathBuf> {
 const SERIAL_PREFIX: &str = "ttyKPT";
 const SERIAL: &str = "github.com.ihcsim/serial";
 
-fn wait_until<T>(
-    what: &str,
-    limit: Duration,
-    mut probe: impl FnMut() -> Option<T>,
-) -> Result<T, String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = probe() {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("timed out after {limit:?} waiting for {what}"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Waits at most `limit` for `child` to exit; whether it did.
 fn wait_exit(child: &mut Child, limit: Duration) -> bool {
     wait_until("exit", limit, || child.try_wait().ok().flatten()).is_ok()
@@ -1019,13 +985,34 @@ fn test_real_node() {
         Ok(t) => t,
         Err(why) => return skip(why),
     };
-    let cdi_was_there = Path::new(CDI_DIR).exists();
-    let mut node = match Node::start(tools) {
-        Ok(n) => n,
-        Err(why) => return skip(why),
-    };
+    // The same checks for each kubelet, each on a node of its own.
+    for kubelet in tools.kubelets.clone() {
+        let cdi_was_there = Path::new(CDI_DIR).exists();
+        let version = kubelet.version.clone();
+        let started = Instant::now();
+        let node = match Node::start(tools.clone(), kubelet) {
+            Ok(n) => n,
+            Err(why) => return skip(why),
+        };
+        suite(node, cdi_was_there);
+        eprintln!(
+            "kubelet {version}: done in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// The phases, in order, on one node; dropping it at the end stops and
+/// removes it all.
+fn suite(mut node: Node, cdi_was_there: bool) {
     let started = Instant::now();
-    let phase = |what: &str| eprintln!("[{:>5.1} s] {what}", started.elapsed().as_secs_f64());
+    let version = node.kubelet_bin.version.clone();
+    let phase = |what: &str| {
+        eprintln!(
+            "[{version} {:>5.1} s] {what}",
+            started.elapsed().as_secs_f64()
+        )
+    };
 
     // 1. Registration with the counts asked for, on the default dirs.
     phase("kubelet-sock: registration");

@@ -627,7 +627,8 @@ fn test_dra_manifests_match_what_the_driver_publishes_and_calls() {
                 assert!(names.contains(class.as_str().unwrap()), "{class:?}");
             }
         }
-        assert_eq!(of_kind(&docs, "Pod").len(), 2);
+        // claims.yaml's crand and kvm pods, serial.yaml's serial pod.
+        assert_eq!(of_kind(&docs, "Pod").len(), 3);
     }
 
     let docs: Vec<(PathBuf, Value)> = all
