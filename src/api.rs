@@ -5,8 +5,9 @@
 //! (`proto/pluginregistration.proto`); [`podresources`] and
 //! [`podresources_grpc`], the kubelet's pod-resources API v1 (the part
 //! `status --pods` uses); [`status`] and [`status_grpc`], our own status
-//! API (`proto/status.proto`); [`dra_v1`], [`dra_v1beta1`] (and their
-//! `_grpc`), the kubelet's DRA service in both versions it calls, and
+//! API (`proto/status.proto`); [`dra_v1`] (its messages) with
+//! [`dra_v1_grpc`] and [`dra_v1beta1_grpc`], the kubelet's DRA service in
+//! both versions it calls, and
 //! [`dra_health`], its device health service `v1alpha1`.
 #![allow(
     missing_docs,

@@ -1,6 +1,7 @@
 //! The gRPC services of the DRA socket: the kubelet's DRAPlugin in both
 //! versions it calls (`v1` from 1.34, `v1beta1`, which the 1.32 kubelet
-//! calls whatever we advertise), served by one implementation, and the
+//! calls whatever we advertise; the same messages), served by one
+//! implementation, and the
 //! device health stream (`v1alpha1.DRAResourceHealth`), which follows a
 //! [`Watch`] of the full device list. Handlers run on grpcio's poll
 //! thread and never block: a Prepare or Unprepare goes to the `dra-claims`
@@ -14,7 +15,7 @@ use grpcio::{RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink, UnarySin
 
 use super::claims::{ClaimRef, Job};
 use crate::{
-    api::{dra_health, dra_health_grpc, dra_v1, dra_v1_grpc, dra_v1beta1, dra_v1beta1_grpc},
+    api::{dra_health, dra_health_grpc, dra_v1, dra_v1_grpc, dra_v1beta1_grpc},
     watch::Watch,
 };
 
@@ -53,92 +54,116 @@ fn send<T: Send + 'static>(sink: UnarySink<T>, resp: T) {
     }
 }
 
-fn claims<'a>(it: impl Iterator<Item = (&'a str, &'a str, &'a str)>) -> Vec<ClaimRef> {
-    it.map(|(namespace, uid, name)| ClaimRef {
-        namespace: namespace.into(),
-        uid: uid.into(),
-        name: name.into(),
-    })
-    .collect()
+fn claims(claims: &[dra_v1::Claim]) -> Vec<ClaimRef> {
+    claims
+        .iter()
+        .map(|c| ClaimRef {
+            namespace: c.namespace.clone(),
+            uid: c.uid.clone(),
+            name: c.name.clone(),
+        })
+        .collect()
 }
 
-/// The DRAPlugin service of one API version: the messages of `v1` and
-/// `v1beta1` carry the same fields under the same numbers, in two
-/// generated modules.
-macro_rules! dra_plugin {
-    ($msgs:ident, $grpc:ident) => {
-        impl $grpc::DraPlugin for DraPlugin {
-            fn node_prepare_resources(
-                &mut self,
-                _ctx: RpcContext,
-                req: $msgs::NodePrepareResourcesRequest,
-                sink: UnarySink<$msgs::NodePrepareResourcesResponse>,
-            ) {
-                let refs = claims(
-                    req.claims
-                        .iter()
-                        .map(|c| (c.namespace.as_str(), c.uid.as_str(), c.name.as_str())),
-                );
-                self.submit(Job::Prepare(
-                    refs,
-                    Box::new(move |answers| {
-                        let mut resp = $msgs::NodePrepareResourcesResponse::new();
-                        for (uid, answer) in answers {
-                            let mut one = $msgs::NodePrepareResourceResponse::new();
-                            match answer {
-                                Ok(devices) => {
-                                    one.devices = devices
-                                        .into_iter()
-                                        .map(|d| $msgs::Device {
-                                            request_names: d.request_names,
-                                            pool_name: d.pool,
-                                            device_name: d.device,
-                                            cdi_device_ids: d.cdi_device_ids,
-                                            ..Default::default()
-                                        })
-                                        .collect()
-                                }
-                                Err(e) => one.error = e,
-                            }
-                            resp.claims.insert(uid, one);
+impl DraPlugin {
+    fn prepare(
+        &self,
+        req: dra_v1::NodePrepareResourcesRequest,
+        sink: UnarySink<dra_v1::NodePrepareResourcesResponse>,
+    ) {
+        let refs = claims(&req.claims);
+        self.submit(Job::Prepare(
+            refs,
+            Box::new(move |answers| {
+                let mut resp = dra_v1::NodePrepareResourcesResponse::new();
+                for (uid, answer) in answers {
+                    let mut one = dra_v1::NodePrepareResourceResponse::new();
+                    match answer {
+                        Ok(devices) => {
+                            one.devices = devices
+                                .into_iter()
+                                .map(|d| dra_v1::Device {
+                                    request_names: d.request_names,
+                                    pool_name: d.pool,
+                                    device_name: d.device,
+                                    cdi_device_ids: d.cdi_device_ids,
+                                    ..Default::default()
+                                })
+                                .collect()
                         }
-                        send(sink, resp);
-                    }),
-                ));
-            }
+                        Err(e) => one.error = e,
+                    }
+                    resp.claims.insert(uid, one);
+                }
+                send(sink, resp);
+            }),
+        ));
+    }
 
-            fn node_unprepare_resources(
-                &mut self,
-                _ctx: RpcContext,
-                req: $msgs::NodeUnprepareResourcesRequest,
-                sink: UnarySink<$msgs::NodeUnprepareResourcesResponse>,
-            ) {
-                let refs = claims(
-                    req.claims
-                        .iter()
-                        .map(|c| (c.namespace.as_str(), c.uid.as_str(), c.name.as_str())),
-                );
-                self.submit(Job::Unprepare(
-                    refs,
-                    Box::new(move |answers| {
-                        let mut resp = $msgs::NodeUnprepareResourcesResponse::new();
-                        for (uid, answer) in answers {
-                            let mut one = $msgs::NodeUnprepareResourceResponse::new();
-                            if let Err(e) = answer {
-                                one.error = e;
-                            }
-                            resp.claims.insert(uid, one);
-                        }
-                        send(sink, resp);
-                    }),
-                ));
-            }
-        }
-    };
+    fn unprepare(
+        &self,
+        req: dra_v1::NodeUnprepareResourcesRequest,
+        sink: UnarySink<dra_v1::NodeUnprepareResourcesResponse>,
+    ) {
+        let refs = claims(&req.claims);
+        self.submit(Job::Unprepare(
+            refs,
+            Box::new(move |answers| {
+                let mut resp = dra_v1::NodeUnprepareResourcesResponse::new();
+                for (uid, answer) in answers {
+                    let mut one = dra_v1::NodeUnprepareResourceResponse::new();
+                    if let Err(e) = answer {
+                        one.error = e;
+                    }
+                    resp.claims.insert(uid, one);
+                }
+                send(sink, resp);
+            }),
+        ));
+    }
 }
 
-dra_plugin!(dra_v1, dra_v1_grpc);
-dra_plugin!(dra_v1beta1, dra_v1beta1_grpc);
+// Both versions take and answer v1's messages (proto/dra_v1beta1.proto
+// imports them): one implementation, two method paths.
+impl dra_v1_grpc::DraPlugin for DraPlugin {
+    fn node_prepare_resources(
+        &mut self,
+        _ctx: RpcContext,
+        req: dra_v1::NodePrepareResourcesRequest,
+        sink: UnarySink<dra_v1::NodePrepareResourcesResponse>,
+    ) {
+        self.prepare(req, sink);
+    }
+
+    fn node_unprepare_resources(
+        &mut self,
+        _ctx: RpcContext,
+        req: dra_v1::NodeUnprepareResourcesRequest,
+        sink: UnarySink<dra_v1::NodeUnprepareResourcesResponse>,
+    ) {
+        self.unprepare(req, sink);
+    }
+}
+
+impl dra_v1beta1_grpc::DraPlugin for DraPlugin {
+    fn node_prepare_resources(
+        &mut self,
+        _ctx: RpcContext,
+        req: dra_v1::NodePrepareResourcesRequest,
+        sink: UnarySink<dra_v1::NodePrepareResourcesResponse>,
+    ) {
+        self.prepare(req, sink);
+    }
+
+    fn node_unprepare_resources(
+        &mut self,
+        _ctx: RpcContext,
+        req: dra_v1::NodeUnprepareResourcesRequest,
+        sink: UnarySink<dra_v1::NodeUnprepareResourcesResponse>,
+    ) {
+        self.unprepare(req, sink);
+    }
+}
 
 /// The device health service: each NodeWatchResources stream sends the
 /// whole list at once, then again whenever it is published (a change, and

@@ -42,8 +42,7 @@ use grpcio::{CallOption, Channel, ChannelBuilder};
 
 use super::{Shared, Sim, SimEvent, validate};
 use crate::api::{
-    dra_health, dra_health_grpc, dra_v1, dra_v1_grpc, dra_v1beta1, dra_v1beta1_grpc,
-    pluginregistration,
+    dra_health, dra_health_grpc, dra_v1, dra_v1_grpc, dra_v1beta1_grpc, pluginregistration,
 };
 
 /// The plugin type a DRA driver's GetInfo names (`pluginregistration`'s
@@ -603,8 +602,9 @@ impl Sim {
                 claims,
                 |(uid, r)| (uid, (prepared!(r.devices), r.error))
             ),
+            // v1beta1's messages are v1's (proto/dra_v1beta1.proto).
             DraService::V1beta1 => dra_call!(
-                dra_v1beta1,
+                dra_v1,
                 dra_v1beta1_grpc,
                 channel,
                 NodePrepareResourcesRequest,
@@ -647,8 +647,9 @@ impl Sim {
                 claims,
                 |(uid, r)| (uid, r.error)
             ),
+            // v1beta1's messages are v1's (proto/dra_v1beta1.proto).
             DraService::V1beta1 => dra_call!(
-                dra_v1beta1,
+                dra_v1,
                 dra_v1beta1_grpc,
                 channel,
                 NodeUnprepareResourcesRequest,

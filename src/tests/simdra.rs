@@ -18,8 +18,8 @@ use grpcio::{
 };
 use kubelet_plugin::{
     api::{
-        dra_health, dra_health_grpc, dra_v1, dra_v1_grpc, dra_v1beta1, dra_v1beta1_grpc,
-        pluginregistration, pluginregistration_grpc,
+        dra_health, dra_health_grpc, dra_v1, dra_v1_grpc, dra_v1beta1_grpc, pluginregistration,
+        pluginregistration_grpc,
     },
     sim::{DraDeviceHealth, DraService, KubeletVersion, Sim},
 };
@@ -154,7 +154,8 @@ macro_rules! fake_dra {
 }
 
 fake_dra!(FakeV1, dra_v1, dra_v1_grpc, "v1");
-fake_dra!(FakeV1beta1, dra_v1beta1, dra_v1beta1_grpc, "v1beta1");
+// v1beta1's messages are v1's (proto/dra_v1beta1.proto).
+fake_dra!(FakeV1beta1, dra_v1, dra_v1beta1_grpc, "v1beta1");
 
 /// What a test tells one open health stream of the fake.
 enum Health {
