@@ -23,11 +23,7 @@ fn main() -> ExitCode {
     let parsed = match cli::from_env() {
         Ok(p) => p,
         Err(exit) => {
-            if exit.code == 0 {
-                println!("{}", exit.output);
-            } else {
-                eprintln!("{}", exit.output);
-            }
+            exit.print();
             return ExitCode::from(exit.code);
         }
     };

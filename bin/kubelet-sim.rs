@@ -371,11 +371,7 @@ fn main() -> ExitCode {
     let cli: Cli = match kubelet_plugin::cli::parse_plain(std::env::args().collect()) {
         Ok(cli) => cli,
         Err(exit) => {
-            if exit.code == 0 {
-                println!("{}", exit.output);
-            } else {
-                eprintln!("{}", exit.output);
-            }
+            exit.print();
             return ExitCode::from(exit.code);
         }
     };

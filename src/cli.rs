@@ -32,6 +32,18 @@ pub struct Exit {
     pub output: String,
 }
 
+impl Exit {
+    /// Prints the output where it belongs (help on stdout, a refusal on
+    /// stderr); the exit code is the caller's to return.
+    pub fn print(&self) {
+        if self.code == 0 {
+            println!("{}", self.output);
+        } else {
+            eprintln!("{}", self.output);
+        }
+    }
+}
+
 /// A parsed command line: argh's part and the plugin kinds' own flags.
 #[derive(Debug)]
 pub struct Parsed {

@@ -69,6 +69,18 @@ pub fn file_stem(resource: &str) -> String {
     resource.replace('/', "-")
 }
 
+/// 8 hex digits of a stable hash of `s` (FNV-1a, 32 bits): the suffix that
+/// keeps apart names made from strings that read alike (device IDs from
+/// paths, DNS labels from IDs). The same at every start.
+pub fn hash8(s: &str) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in s.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

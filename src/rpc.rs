@@ -1,22 +1,65 @@
 //! gRPC on unix sockets, as every server of ours needs it: binding a
 //! socket safely (never taking one a live server uses, mode 0600, moved
-//! into place only once it serves) and answering unary calls without
-//! blocking grpcio's poll thread.
+//! into place only once it serves), answering unary calls without
+//! blocking grpcio's poll thread, and streams that follow a value until
+//! their server generation's [`Gate`] closes.
 
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
 };
 
-use futures_util::FutureExt as _;
+use futures_util::{FutureExt as _, SinkExt as _, Stream, StreamExt as _};
 use grpcio::{
-    Environment, RpcContext, RpcStatus, Server, ServerBuilder, ServerCredentials, UnarySink,
+    Environment, RpcContext, RpcStatus, RpcStatusCode, Server, ServerBuilder, ServerCredentials,
+    ServerStreamingSink, UnarySink, WriteFlags,
 };
 
 use crate::{
     error::{Error, Result},
     socket::socket_answers,
+    watch::Watch,
 };
+
+/// The gate of one server generation: `None` while it serves; closing it
+/// (publishing the reason) ends every stream of the generation with status
+/// UNAVAILABLE and that reason.
+pub type Gate = Watch<Option<&'static str>>;
+
+/// Sends `values` on `sink` (each made a message by `message`) until the
+/// client goes or `gate` closes; then ends the stream: a closed gate with
+/// UNAVAILABLE and its reason, which the kubelet logs ("ListAndWatch ended
+/// unexpectedly ... err=..."), since any end is a disconnect to it and this
+/// one says why. Runs as a future on grpcio's poll thread: no thread per
+/// stream, and a client that goes away ends it at once. Returns how it
+/// ended, for a log line.
+pub async fn follow<T, V, S>(
+    mut sink: ServerStreamingSink<T>,
+    values: S,
+    gate: Arc<Gate>,
+    mut message: impl FnMut(V) -> T,
+) -> String
+where
+    S: Stream<Item = V> + Unpin,
+{
+    let mut updates = values
+        .take_until(Box::pin(gate.when(|reason| reason.is_some())))
+        .map(|v| Ok((message(v), WriteFlags::default())));
+    match sink.send_all(&mut updates).await {
+        Ok(()) => {
+            let why = (*gate.get()).unwrap_or("server stopped");
+            let status = RpcStatus::with_message(
+                RpcStatusCode::UNAVAILABLE,
+                format!("kubelet-plugin: {why}"),
+            );
+            match sink.fail(status).await {
+                Ok(()) => format!("ended by us: {why}"),
+                Err(e) => format!("ended by us ({why}), status not delivered: {e}"),
+            }
+        }
+        Err(e) => format!("client gone: {e}"),
+    }
+}
 
 /// Sends the answer of a unary call; a client gone meanwhile is logged.
 pub fn reply<T: Send + 'static>(

@@ -222,7 +222,7 @@ impl DevicePlugins {
         &self,
         i: usize,
         generation: u64,
-        gate: &Arc<server::Gate>,
+        gate: &Arc<rpc::Gate>,
     ) -> (Service, Vec<grpcio::Service>) {
         let slot = &self.slots[i];
         let events = self.events.clone();

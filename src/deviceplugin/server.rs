@@ -13,10 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::{SinkExt as _, StreamExt as _};
 use grpcio::{
     CallOption, ChannelBuilder, Environment, RpcContext, RpcStatus, RpcStatusCode,
-    ServerStreamingSink, UnarySink, WriteFlags,
+    ServerStreamingSink, UnarySink,
 };
 
 use super::{
@@ -32,17 +31,11 @@ use crate::{
         device::{Device, Health},
     },
     metrics::Metrics,
-    rpc::reply,
-    watch::Watch,
+    rpc::{self, Gate, reply},
 };
 
 /// Called on every [`StreamChange`].
 pub type OnStream = Arc<dyn Fn(StreamChange) + Send + Sync>;
-
-/// The gate of one server generation: `None` while it serves; closing it
-/// (publishing the reason) ends every ListAndWatch stream of the generation
-/// with status UNAVAILABLE and that reason.
-pub type Gate = Watch<Option<&'static str>>;
 
 /// The number of open ListAndWatch streams of one server generation, so
 /// that the supervisor can wait for them to end before it drops the server.
@@ -187,51 +180,28 @@ impl api_grpc::DevicePlugin for Service {
         &mut self,
         ctx: RpcContext,
         _req: api::Empty,
-        mut sink: ServerStreamingSink<api::ListAndWatchResponse>,
+        sink: ServerStreamingSink<api::ListAndWatchResponse>,
     ) {
         let resource = self.resource.name().to_string();
         log::info!("ListAndWatch opened resource={resource}");
         self.stream_changed(StreamChange::Opened);
         let this = self.clone();
-        let gate = self.gate.clone();
         let closed_resource = resource.clone();
-        let mut updates = self
-            .resource
-            .devices
-            .subscribe()
-            .take_until(Box::pin(self.gate.when(|reason| reason.is_some())))
-            .map(move |devices| {
-                let healthy = devices
-                    .iter()
-                    .filter(|d| d.health == Health::Healthy)
-                    .count();
-                log::info!(
-                    "device list sent resource={resource} devices={} healthy={healthy}",
-                    devices.len()
-                );
-                Ok((list_response(&devices), WriteFlags::default()))
-            });
-        // The stream runs as a future on grpcio's poll thread: no thread per
-        // stream, and a client that goes away ends it at once.
+        let updates = self.resource.devices.subscribe();
+        let message = move |devices: Arc<Vec<Device>>| {
+            let healthy = devices
+                .iter()
+                .filter(|d| d.health == Health::Healthy)
+                .count();
+            log::info!(
+                "device list sent resource={resource} devices={} healthy={healthy}",
+                devices.len()
+            );
+            list_response(&devices)
+        };
+        let ended = rpc::follow(sink, updates, self.gate.clone(), message);
         ctx.spawn(async move {
-            let ended = match sink.send_all(&mut updates).await {
-                // The gate closed: every stream of the generation ends the
-                // same way, UNAVAILABLE with the reason, which the kubelet
-                // logs ("ListAndWatch ended unexpectedly ... err=..."). Any
-                // end counts as a disconnect to it; this one says why.
-                Ok(()) => {
-                    let why = (*gate.get()).unwrap_or("server stopped");
-                    let status = RpcStatus::with_message(
-                        RpcStatusCode::UNAVAILABLE,
-                        format!("kubelet-plugin: {why}"),
-                    );
-                    match sink.fail(status).await {
-                        Ok(()) => format!("ended by us: {why}"),
-                        Err(e) => format!("ended by us ({why}), status not delivered: {e}"),
-                    }
-                }
-                Err(e) => format!("client gone: {e}"),
-            };
+            let ended = ended.await;
             log::info!("ListAndWatch closed resource={closed_resource} why=\"{ended}\"");
             this.stream_changed(StreamChange::Closed);
         });

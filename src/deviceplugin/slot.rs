@@ -12,7 +12,8 @@ use std::{
 use futures_util::future::AbortHandle;
 use grpcio::Server;
 
-use super::server::{Gate, Streams};
+use super::server::Streams;
+use crate::rpc::Gate;
 use crate::{
     inventory::Resource,
     socket::{self, SocketId},

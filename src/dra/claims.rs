@@ -20,15 +20,16 @@ use std::{
     thread::JoinHandle,
 };
 
-use crossbeam_channel::{Receiver, Sender, select};
+use crossbeam_channel::{Receiver, select};
 use serde_json::Value;
 
 use super::{
+    Context,
     checkpoint::{Checkpoint, PreparedClaim, PreparedDevice},
     names,
     slices::ApiVersion,
 };
-use crate::{error::Result, event::Event, inventory::Resource, kube::Client, thread::spawn_named};
+use crate::{error::Result, inventory::Resource, kube::Client, thread::spawn_named};
 
 /// A claim as the kubelet names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,25 +74,21 @@ struct Claims {
 }
 
 /// Starts the `dra-claims` thread; it runs until `stop` is dropped.
-#[allow(clippy::too_many_arguments)]
 pub fn spawn(
-    driver: &str,
-    node: &str,
-    client: Client,
-    resources: Vec<Resource>,
+    ctx: Context,
     checkpoint: Checkpoint,
     shown: Shown,
     jobs: Receiver<Job>,
     stop: Receiver<()>,
-    exits: Sender<Event>,
 ) -> Result<JoinHandle<()>> {
     *shown.lock().expect("claims lock poisoned") = checkpoint.claims().clone();
+    let exits = ctx.exits.clone();
     let mut claims = Claims {
-        driver: driver.to_string(),
-        node: node.to_string(),
-        client,
+        driver: ctx.driver,
+        node: ctx.node,
+        client: ctx.client,
         version: None,
-        resources,
+        resources: ctx.resources,
         checkpoint,
         shown,
     };

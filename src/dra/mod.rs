@@ -52,7 +52,8 @@ use crate::{
     socket::{self, SocketId},
     watch::Watch,
 };
-use service::{Gate, HealthList};
+use rpc::Gate;
+use service::HealthList;
 
 /// The PluginInfo `type` of a DRA driver.
 pub const DRA_PLUGIN_TYPE: &str = "DRAPlugin";
@@ -104,6 +105,22 @@ impl Config {
     pub fn registration_socket(&self) -> PathBuf {
         self.registry_dir.join(format!("{}-reg.sock", self.driver))
     }
+}
+
+/// What both DRA threads work from.
+#[derive(Clone)]
+pub struct Context {
+    /// The driver name.
+    pub driver: String,
+    /// The node.
+    pub node: String,
+    /// The API server client, shared: one connection pool, one set of
+    /// request counters.
+    pub client: kube::Client,
+    /// The resources at start (a reload sends them anew).
+    pub resources: Vec<Resource>,
+    /// The supervisor's inbox, for the threads' ends.
+    pub exits: Sender<Event>,
 }
 
 /// Where the driver is with the kubelet.
@@ -438,28 +455,21 @@ impl FrontEnd for DraDriver {
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let (publish, publish_rx) = unbounded();
         let (jobs, jobs_rx) = unbounded();
+        let ctx = Context {
+            driver: self.cfg.driver.clone(),
+            node: self.cfg.node.clone(),
+            client,
+            resources: self.resources.clone(),
+            exits: self.events.clone(),
+        };
         let joins = vec![
             publisher::spawn(
-                &self.cfg.driver,
-                &self.cfg.node,
-                client.clone(),
-                self.resources.clone(),
+                ctx.clone(),
                 self.published.clone(),
                 publish_rx,
                 stopped.clone(),
-                self.events.clone(),
             )?,
-            claims::spawn(
-                &self.cfg.driver,
-                &self.cfg.node,
-                client,
-                self.resources.clone(),
-                checkpoint,
-                self.prepared.clone(),
-                jobs_rx,
-                stopped,
-                self.events.clone(),
-            )?,
+            claims::spawn(ctx, checkpoint, self.prepared.clone(), jobs_rx, stopped)?,
         ];
         self.threads = Some(Threads {
             publish,

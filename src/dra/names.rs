@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     inventory::{Resource, device::Device},
-    k8s_names,
+    k8s_names::{self, hash8},
 };
 
 /// The longest a string attribute may be (the API refuses longer ones).
@@ -64,16 +64,6 @@ impl DraDevice {
         attrs.insert("minor".into(), json!({ "int": node.id.minor }));
         Value::Object(attrs)
     }
-}
-
-/// FNV-1a, 32 bits: a short stable hash for names.
-fn hash8(s: &str) -> String {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in s.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    format!("{h:08x}")
 }
 
 /// A device ID as a DNS label: itself when it is one (`crand0`, `kvm1`,

@@ -18,13 +18,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crossbeam_channel::{Receiver, Sender, select};
+use crossbeam_channel::{Receiver, select};
 
 use super::{
-    names,
+    Context, names,
     slices::{ApiVersion, Pool, Published, plan},
 };
-use crate::{error::Result, event::Event, inventory::Resource, kube::Client, thread::spawn_named};
+use crate::{error::Result, inventory::Resource, kube::Client, thread::spawn_named};
 
 /// How often the slices are read back with nothing else to do.
 pub const VERIFY_EVERY: Duration = Duration::from_secs(60);
@@ -71,23 +71,19 @@ struct Publisher {
 }
 
 /// Starts the `dra-publish` thread; it runs until `stop` is dropped.
-#[allow(clippy::too_many_arguments)]
 pub fn spawn(
-    driver: &str,
-    node: &str,
-    client: Client,
-    resources: Vec<Resource>,
+    ctx: Context,
     shown: Shown,
     msgs: Receiver<Msg>,
     stop: Receiver<()>,
-    exits: Sender<Event>,
 ) -> Result<JoinHandle<()>> {
+    let exits = ctx.exits.clone();
     let mut p = Publisher {
-        driver: driver.to_string(),
-        node: node.to_string(),
-        client,
+        driver: ctx.driver,
+        node: ctx.node,
+        client: ctx.client,
         pool: None,
-        resources,
+        resources: ctx.resources,
         have: None,
         shown,
     };

@@ -10,21 +10,17 @@
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
-use futures_util::{SinkExt as _, StreamExt as _};
-use grpcio::{RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink, UnarySink, WriteFlags};
+use grpcio::{RpcContext, ServerStreamingSink, UnarySink};
 
 use super::claims::{ClaimRef, Job};
 use crate::{
     api::{dra_health, dra_health_grpc, dra_v1, dra_v1_grpc, dra_v1beta1_grpc},
+    rpc::{self, Gate},
     watch::Watch,
 };
 
 /// The health list every stream follows: the whole device list.
 pub type HealthList = Watch<Vec<dra_health::DeviceHealth>>;
-
-/// Closing it (publishing the reason) ends the health streams of one
-/// server generation, so none outlives the server.
-pub type Gate = Watch<Option<&'static str>>;
 
 /// The DRAPlugin service, both versions.
 #[derive(Clone)]
@@ -186,34 +182,17 @@ impl dra_health_grpc::DraResourceHealth for Health {
         &mut self,
         ctx: RpcContext,
         _req: dra_health::NodeWatchResourcesRequest,
-        mut sink: ServerStreamingSink<dra_health::NodeWatchResourcesResponse>,
+        sink: ServerStreamingSink<dra_health::NodeWatchResourcesResponse>,
     ) {
         log::info!("health stream opened by the kubelet");
-        let gate = self.gate.clone();
-        let mut updates = self
-            .list
-            .subscribe()
-            .take_until(Box::pin(self.gate.when(|reason| reason.is_some())))
-            .map(|devices| {
-                let resp = dra_health::NodeWatchResourcesResponse {
-                    devices: devices.as_ref().clone(),
-                    ..Default::default()
-                };
-                Ok((resp, WriteFlags::default()))
-            });
-        ctx.spawn(async move {
-            let ended = match sink.send_all(&mut updates).await {
-                Ok(()) => {
-                    let why = (*gate.get()).unwrap_or("server stopped");
-                    let status = RpcStatus::with_message(
-                        RpcStatusCode::UNAVAILABLE,
-                        format!("kubelet-plugin: {why}"),
-                    );
-                    let _ = sink.fail(status).await;
-                    format!("ended by us: {why}")
-                }
-                Err(e) => format!("kubelet gone: {e}"),
+        let message =
+            |devices: Arc<Vec<dra_health::DeviceHealth>>| dra_health::NodeWatchResourcesResponse {
+                devices: devices.as_ref().clone(),
+                ..Default::default()
             };
+        let ended = rpc::follow(sink, self.list.subscribe(), self.gate.clone(), message);
+        ctx.spawn(async move {
+            let ended = ended.await;
             log::info!("health stream closed why=\"{ended}\"");
         });
     }

@@ -761,8 +761,10 @@ fn test_registers_again_when_the_kubelet_drops_the_stream() {
     let p = start(&d, &["--plugin", "crand"]);
     sim.wait_ready(CRAND, WAIT).unwrap();
     assert!(sim.disconnect(CRAND));
-    sim.wait_ready(CRAND, WAIT).unwrap();
+    // The plugin gives the kubelet a grace period to reopen the stream,
+    // then registers again: wait for each step on its own bound.
     p.wait_log("ListAndWatch not reopened", WAIT);
+    sim.wait_ready(CRAND, WAIT).unwrap();
 }
 
 #[test]

@@ -29,7 +29,7 @@ use crate::{
         devnode,
         glob::{check_glob, glob_match},
     },
-    k8s_names,
+    k8s_names::{self, hash8},
 };
 
 /// The dev kind: one plugin per `--device` flag.
@@ -142,16 +142,6 @@ impl DeviceFlag {
             share,
         })
     }
-}
-
-/// FNV-1a, 32 bits: a short stable hash for IDs.
-fn hash8(s: &str) -> String {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in s.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    format!("{h:08x}")
 }
 
 /// The device ID of the node at `rel` (a path under the dev dir).
