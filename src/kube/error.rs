@@ -269,7 +269,9 @@ fn describe_transport(f: &mut fmt::Formatter<'_>, server: &str, e: &ureq::Error)
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {
             Some(tls) => describe_tls(f, server, tls),
-            None => write!(f, "the connection to {server} failed"),
+            // Also a host name that does not resolve: std's lookup says
+            // so only in its message.
+            None => write!(f, "the connection to {server} failed: {io}"),
         },
         ureq::Error::Rustls(tls) => describe_tls(f, server, tls),
         ureq::Error::HostNotFound => write!(f, "cannot resolve the host of {server}"),
