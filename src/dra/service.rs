@@ -121,45 +121,31 @@ impl DraPlugin {
 
 // Both versions take and answer v1's messages (proto/dra_v1beta1.proto
 // imports them): one implementation, two method paths.
-impl dra_v1_grpc::DraPlugin for DraPlugin {
-    fn node_prepare_resources(
-        &mut self,
-        _ctx: RpcContext,
-        req: dra_v1::NodePrepareResourcesRequest,
-        sink: UnarySink<dra_v1::NodePrepareResourcesResponse>,
-    ) {
-        self.prepare(req, sink);
-    }
+macro_rules! dra_plugin {
+    ($grpc:ident) => {
+        impl $grpc::DraPlugin for DraPlugin {
+            fn node_prepare_resources(
+                &mut self,
+                _ctx: RpcContext,
+                req: dra_v1::NodePrepareResourcesRequest,
+                sink: UnarySink<dra_v1::NodePrepareResourcesResponse>,
+            ) {
+                self.prepare(req, sink);
+            }
 
-    fn node_unprepare_resources(
-        &mut self,
-        _ctx: RpcContext,
-        req: dra_v1::NodeUnprepareResourcesRequest,
-        sink: UnarySink<dra_v1::NodeUnprepareResourcesResponse>,
-    ) {
-        self.unprepare(req, sink);
-    }
+            fn node_unprepare_resources(
+                &mut self,
+                _ctx: RpcContext,
+                req: dra_v1::NodeUnprepareResourcesRequest,
+                sink: UnarySink<dra_v1::NodeUnprepareResourcesResponse>,
+            ) {
+                self.unprepare(req, sink);
+            }
+        }
+    };
 }
-
-impl dra_v1beta1_grpc::DraPlugin for DraPlugin {
-    fn node_prepare_resources(
-        &mut self,
-        _ctx: RpcContext,
-        req: dra_v1::NodePrepareResourcesRequest,
-        sink: UnarySink<dra_v1::NodePrepareResourcesResponse>,
-    ) {
-        self.prepare(req, sink);
-    }
-
-    fn node_unprepare_resources(
-        &mut self,
-        _ctx: RpcContext,
-        req: dra_v1::NodeUnprepareResourcesRequest,
-        sink: UnarySink<dra_v1::NodeUnprepareResourcesResponse>,
-    ) {
-        self.unprepare(req, sink);
-    }
-}
+dra_plugin!(dra_v1_grpc);
+dra_plugin!(dra_v1beta1_grpc);
 
 /// The device health service: each NodeWatchResources stream sends the
 /// whole list at once, then again whenever it is published (a change, and

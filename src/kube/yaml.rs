@@ -72,148 +72,195 @@ enum Frame {
 pub fn parse(text: &str) -> Result<Value, YamlError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut parser = Parser::new_from_str(text);
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: HashMap<usize, Value> = HashMap::new();
-    let mut budget = ALIAS_BUDGET;
-    let mut root: Option<Value> = None;
-
+    let mut tree = Tree {
+        stack: Vec::new(),
+        anchors: HashMap::new(),
+        budget: ALIAS_BUDGET,
+        root: None,
+    };
     while let Some(next) = parser.next_event() {
         let (event, span) = next.map_err(|e| YamlError::scan(&e))?;
-        let (value, anchor) = match event {
-            Event::Nothing | Event::StreamStart | Event::DocumentStart(_) => continue,
+        let done = match event {
+            Event::Nothing | Event::StreamStart | Event::DocumentStart(_) => None,
             Event::StreamEnd => break,
-            Event::DocumentEnd => {
-                if root.is_some() {
-                    break; // first document only
-                }
-                continue;
-            }
-            Event::SequenceStart(anchor, _) => {
-                stack.push(Frame::Seq {
-                    items: Vec::new(),
-                    anchor,
-                });
-                continue;
-            }
-            Event::MappingStart(anchor, _) => {
-                stack.push(Frame::Map {
-                    map: Map::new(),
-                    key: None,
-                    merges: Vec::new(),
-                    anchor,
-                });
-                continue;
-            }
-            Event::SequenceEnd => match stack.pop() {
-                Some(Frame::Seq { items, anchor }) => (Value::Array(items), anchor),
-                _ => return Err(YamlError::at(&span, "unbalanced sequence end")),
-            },
-            Event::MappingEnd => match stack.pop() {
-                Some(Frame::Map {
-                    mut map,
-                    merges,
-                    anchor,
-                    ..
-                }) => {
-                    // Merge keys: explicit keys win; among merged maps, earlier ones win.
-                    for merged in merges {
-                        for (k, v) in merged {
-                            map.entry(k).or_insert(v);
-                        }
-                    }
-                    (Value::Object(map), anchor)
-                }
-                _ => return Err(YamlError::at(&span, "unbalanced mapping end")),
-            },
-            Event::Alias(id) => {
-                let value = anchors
-                    .get(&id)
-                    .cloned()
-                    .ok_or_else(|| YamlError::at(&span, "alias to an unknown anchor"))?;
-                let size = count_nodes(&value);
-                budget = budget
-                    .checked_sub(size)
-                    .ok_or_else(|| YamlError::at(&span, "aliases expand to too many nodes"))?;
-                // A mapping key given as an alias must be a string.
-                if let Some(Frame::Map {
-                    key: key @ None, ..
-                }) = stack.last_mut()
-                {
-                    match value {
-                        Value::String(s) => *key = Some(s),
-                        _ => {
-                            return Err(YamlError::at(
-                                &span,
-                                "only string mapping keys are supported",
-                            ));
-                        }
-                    }
-                    continue;
-                }
-                (value, 0)
-            }
+            // The first document only.
+            Event::DocumentEnd if tree.root.is_some() => break,
+            Event::DocumentEnd => None,
+            Event::SequenceStart(anchor, _) => tree.open(Frame::Seq {
+                items: Vec::new(),
+                anchor,
+            }),
+            Event::MappingStart(anchor, _) => tree.open(Frame::Map {
+                map: Map::new(),
+                key: None,
+                merges: Vec::new(),
+                anchor,
+            }),
+            Event::SequenceEnd | Event::MappingEnd => Some(tree.close(&span)?),
+            Event::Alias(id) => tree.alias(id, &span)?,
             Event::Scalar(text, style, anchor, tag) => {
-                // A scalar in key position becomes the pending key, taken verbatim.
-                if let Some(Frame::Map {
-                    key: key @ None,
-                    map,
-                    ..
-                }) = stack.last_mut()
-                {
-                    let k = text.into_owned();
-                    if anchor > 0 {
-                        anchors.insert(anchor, Value::String(k.clone()));
-                    }
-                    if k != "<<" && map.contains_key(&k) {
-                        return Err(YamlError::at(&span, format!("duplicate key {k:?}")));
-                    }
-                    *key = Some(k);
-                    continue;
-                }
-                (scalar(text.into_owned(), style, tag.as_deref()), anchor)
+                tree.scalar(text.into_owned(), style, anchor, tag.as_deref(), &span)?
             }
         };
-
-        if anchor > 0 {
-            anchors.insert(anchor, value.clone());
-        }
-        match stack.last_mut() {
-            None => root = Some(value),
-            Some(Frame::Seq { items, .. }) => items.push(value),
-            Some(Frame::Map {
-                map, key, merges, ..
-            }) => {
-                let Some(k) = key.take() else {
-                    return Err(YamlError::at(
-                        &span,
-                        "only scalar mapping keys are supported",
-                    ));
-                };
-                if k == "<<" {
-                    match value {
-                        Value::Object(m) => merges.push(m),
-                        Value::Array(list) if list.iter().all(Value::is_object) => {
-                            merges.extend(list.into_iter().filter_map(|v| match v {
-                                Value::Object(m) => Some(m),
-                                _ => None,
-                            }))
-                        }
-                        _ => {
-                            return Err(YamlError::at(
-                                &span,
-                                "merge key `<<` needs a mapping or a list of mappings",
-                            ));
-                        }
-                    }
-                } else if map.contains_key(&k) {
-                    return Err(YamlError::at(&span, format!("duplicate key {k:?}")));
-                } else {
-                    map.insert(k, value);
-                }
-            }
+        if let Some((value, anchor)) = done {
+            tree.attach(value, anchor, &span)?;
         }
     }
-    Ok(root.unwrap_or(Value::Null))
+    Ok(tree.root.unwrap_or(Value::Null))
+}
+
+/// The document being built from the parser's events: each event either
+/// opens a collection, completes a value (a scalar, an alias, a closed
+/// collection: `Some((value, anchor))`, which [`Tree::attach`] puts in
+/// its place), or sets a mapping's pending key (`None`).
+struct Tree {
+    stack: Vec<Frame>,
+    anchors: HashMap<usize, Value>,
+    /// Nodes that aliases may still expand to.
+    budget: usize,
+    root: Option<Value>,
+}
+
+/// A value completed by an event, with its anchor (0: none).
+type Done = Option<(Value, usize)>;
+
+impl Tree {
+    fn open(&mut self, frame: Frame) -> Done {
+        self.stack.push(frame);
+        None
+    }
+
+    fn close(&mut self, span: &Span) -> Result<(Value, usize), YamlError> {
+        match self.stack.pop() {
+            Some(Frame::Seq { items, anchor }) => Ok((Value::Array(items), anchor)),
+            Some(Frame::Map {
+                mut map,
+                merges,
+                anchor,
+                ..
+            }) => {
+                // Merge keys: explicit keys win; among merged maps, earlier ones win.
+                for merged in merges {
+                    for (k, v) in merged {
+                        map.entry(k).or_insert(v);
+                    }
+                }
+                Ok((Value::Object(map), anchor))
+            }
+            None => Err(YamlError::at(span, "unbalanced collection end")),
+        }
+    }
+
+    /// The mapping's pending key slot, when the next value is a key.
+    fn key_slot(&mut self) -> Option<&mut Option<String>> {
+        match self.stack.last_mut() {
+            Some(Frame::Map {
+                key: key @ None, ..
+            }) => Some(key),
+            _ => None,
+        }
+    }
+
+    fn alias(&mut self, id: usize, span: &Span) -> Result<Done, YamlError> {
+        let value = self
+            .anchors
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| YamlError::at(span, "alias to an unknown anchor"))?;
+        self.budget = self
+            .budget
+            .checked_sub(count_nodes(&value))
+            .ok_or_else(|| YamlError::at(span, "aliases expand to too many nodes"))?;
+        // A mapping key given as an alias must be a string.
+        let Some(key) = self.key_slot() else {
+            return Ok(Some((value, 0)));
+        };
+        match value {
+            Value::String(s) => *key = Some(s),
+            _ => {
+                return Err(YamlError::at(
+                    span,
+                    "only string mapping keys are supported",
+                ));
+            }
+        }
+        Ok(None)
+    }
+
+    fn scalar(
+        &mut self,
+        text: String,
+        style: ScalarStyle,
+        anchor: usize,
+        tag: Option<&Tag>,
+        span: &Span,
+    ) -> Result<Done, YamlError> {
+        if self.key_slot().is_none() {
+            return Ok(Some((scalar(text, style, tag), anchor)));
+        }
+        // A scalar in key position becomes the pending key, taken verbatim.
+        if anchor > 0 {
+            self.anchors.insert(anchor, Value::String(text.clone()));
+        }
+        if let Some(Frame::Map { map, key, .. }) = self.stack.last_mut() {
+            if text != "<<" && map.contains_key(&text) {
+                return Err(YamlError::at(span, format!("duplicate key {text:?}")));
+            }
+            *key = Some(text);
+        }
+        Ok(None)
+    }
+
+    /// Puts a completed value where it belongs: the root, the end of the
+    /// open sequence, or the open mapping under its pending key (merged,
+    /// for `<<`).
+    fn attach(&mut self, value: Value, anchor: usize, span: &Span) -> Result<(), YamlError> {
+        if anchor > 0 {
+            self.anchors.insert(anchor, value.clone());
+        }
+        let (map, key, merges) = match self.stack.last_mut() {
+            None => {
+                self.root = Some(value);
+                return Ok(());
+            }
+            Some(Frame::Seq { items, .. }) => {
+                items.push(value);
+                return Ok(());
+            }
+            Some(Frame::Map {
+                map, key, merges, ..
+            }) => (map, key, merges),
+        };
+        let Some(k) = key.take() else {
+            return Err(YamlError::at(
+                span,
+                "only scalar mapping keys are supported",
+            ));
+        };
+        if k != "<<" {
+            if map.contains_key(&k) {
+                return Err(YamlError::at(span, format!("duplicate key {k:?}")));
+            }
+            map.insert(k, value);
+            return Ok(());
+        }
+        match value {
+            Value::Object(m) => merges.push(m),
+            Value::Array(list) if list.iter().all(Value::is_object) => {
+                merges.extend(list.into_iter().filter_map(|v| match v {
+                    Value::Object(m) => Some(m),
+                    _ => None,
+                }))
+            }
+            _ => {
+                return Err(YamlError::at(
+                    span,
+                    "merge key `<<` needs a mapping or a list of mappings",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Plain `~`, `null` (any case YAML allows) and the empty plain scalar are null; all else is text.
