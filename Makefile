@@ -15,7 +15,7 @@ export CARGO_TARGET_$(HOST_ENV)_RUSTFLAGS := $(STATIC_FLAGS)
 BUILD_FLAGS := --release --target $(HOST)
 BUILD := $(TARGET_DIR)/$(HOST)/release
 
-.PHONY: all deps test-deps build static static-x86_64 static-aarch64 demo test \
+.PHONY: all deps test-deps build static static-x86_64 static-aarch64 static-armv7 demo test \
 	lint fmt bench bench-dra fuzz cdi kubelet run.crand run.kvm deploy undeploy image release clean
 
 # Where the targets that touch a real node work; override on the command
@@ -52,7 +52,8 @@ deps:
 # shellcheck for the scripts, etcd for the API server the kube client's
 # suite starts, what the realnode kit's `cluster` script runs for the DRA
 # suite (etcd, runc, the CNI plugins, jq, curl, openssl, ip, pgrep: it
-# would apt-get some of them itself, in the middle of a test), and
+# would apt-get some of them itself, in the middle of a test), debootstrap
+# and systemd-nspawn for the unit's test under systemd as PID 1, and
 # Prometheus's own text format checker, promtool, taken out of Debian's
 # prometheus package (not installed: that would bring a Prometheus server
 # along).
@@ -60,7 +61,8 @@ PROMTOOL := $(abspath $(TARGET_DIR)/tools/promtool)
 export PROMTOOL
 test-deps: deps $(PROMTOOL)
 	$(call install,podman runc busybox-static util-linux file systemd xz-utils shellcheck \
-	  etcd-server etcd-client containernetworking-plugins jq curl openssl iproute2 procps)
+	  etcd-server etcd-client containernetworking-plugins jq curl openssl iproute2 procps \
+	  debootstrap systemd-container)
 
 $(PROMTOOL):
 	$(call install,dpkg)
@@ -74,12 +76,14 @@ $(PROMTOOL):
 build: deps
 	$(CARGO) build $(BUILD_FLAGS)
 
-# Static, stripped binaries for both arches, each checked. The one of this
+# Static, stripped binaries for each arch, each checked. The one of this
 # machine's arch is `make build`'s (the same target dir and flags).
 X86_64  := x86_64-unknown-linux-gnu
 AARCH64 := aarch64-unknown-linux-gnu
+ARMV7   := armv7-unknown-linux-gnueabihf
 STATIC_X86_64  := $(TARGET_DIR)/$(X86_64)/release
 STATIC_AARCH64 := $(TARGET_DIR)/$(AARCH64)/release
+STATIC_ARMV7   := $(TARGET_DIR)/$(ARMV7)/release
 # Cargo.toml's version, then git's word on this commit: "0.1.0" on the tag
 # v0.1.0, "0.1.0-3-gabc1234" or "0.1.0-abc1234-dirty" elsewhere.
 CARGO_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
@@ -106,7 +110,7 @@ define check-static
 	echo "$(1): round trip against kubelet-sim passed (log: $(1)/demo.log)"
 endef
 
-static: static-x86_64 static-aarch64
+static: static-x86_64 static-aarch64 static-armv7
 
 static-x86_64: deps
 	$(call install,file)
@@ -125,6 +129,24 @@ static-aarch64: deps
 	AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar \
 	  $(CARGO) build --release --target $(AARCH64)
 	$(call check-static,$(STATIC_AARCH64),qemu-aarch64-static)
+
+# The same for 32-bit ARM (Raspberry Pi 2/3), with Debian's armhf toolchain.
+# The grpcio C core needs no more than aarch64: the cmake crate sets
+# CMAKE_SYSTEM_NAME/PROCESSOR (Linux, arm) itself, armv7 does 64-bit atomics
+# inline (no libatomic), the core is built without TLS (no BoringSSL asm),
+# and no time_t crosses its API (C and Rust keep glibc's 32-bit one). Only
+# its Rust bindings are missing: grpcio-sys ships none for arm, so bindgen
+# makes them (turned on in Cargo.toml), hence libclang-dev.
+static-armv7: deps
+	$(call install,file gcc-arm-linux-gnueabihf g++-arm-linux-gnueabihf qemu-user-static libclang-dev)
+	@rustup target list --installed | grep -qx $(ARMV7) || rustup target add $(ARMV7)
+	CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUSTFLAGS="$(STATIC_FLAGS)" \
+	CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc \
+	CC_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-gcc \
+	CXX_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-g++ \
+	AR_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-ar \
+	  $(CARGO) build --release --target $(ARMV7)
+	$(call check-static,$(STATIC_ARMV7),qemu-arm-static)
 
 # The plugins against the bundled kubelet simulator, in a temp dir.
 demo: build
@@ -165,8 +187,16 @@ BENCH_OUT := $(TARGET_DIR)/bench/results.json
 # The DRA figures need a real kube-apiserver: the realnode kit (REALNODE_DIR,
 # else shared/realnode beside the checkout or a dir above), and etcd.
 REALNODE_DIR ?= $(shell d=$(CURDIR); while [ "$$d" != / ]; do d=$$(dirname $$d); [ -x $$d/shared/realnode/unpack ] && { echo $$d/shared/realnode; break; }; done)
+# The plugin is also built without DRA (only our crate is compiled again),
+# for its size; then the shipped build is put back.
+DP_ONLY_BIN := $(TARGET_DIR)/bench/kubelet-plugin-without-dra
 bench: build
-	$(BUILD)/kubelet-sim bench --plugin-bin $(BUILD)/kubelet-plugin --out $(BENCH_OUT)
+	$(CARGO) build $(BUILD_FLAGS) --no-default-features --bin kubelet-plugin
+	@mkdir -p $(dir $(DP_ONLY_BIN)) && cp $(BUILD)/kubelet-plugin $(DP_ONLY_BIN)
+	$(CARGO) build $(BUILD_FLAGS)
+	@cmp -s $(BUILD)/kubelet-plugin $(DP_ONLY_BIN) && { echo "the shipped build was not put back" >&2; exit 1; } || true
+	$(BUILD)/kubelet-sim bench --plugin-bin $(BUILD)/kubelet-plugin --out $(BENCH_OUT) \
+	  --device-plugin-only-bin $(DP_ONLY_BIN)
 	@if [ -n "$(REALNODE_DIR)" ]; then \
 	  $(MAKE) --no-print-directory bench-dra; \
 	else \
@@ -237,42 +267,49 @@ undeploy:
 	  if [ -e "$(STATIC_POD_DIR)/$$pod" ]; then rm -f "$(STATIC_POD_DIR)/$$pod" && echo "removed $(STATIC_POD_DIR)/$$pod"; fi; \
 	done
 
-# The DaemonSet's FROM-scratch image for both arches, and the manifest list
+# The DaemonSet's FROM-scratch image for each arch, and the manifest list
 # $(IMAGE) that names them (podman): a node pulls the image of its own arch.
-# Each arch's image is also there as $(IMAGE)-<arch>.
+# Each arch's image is also there as $(IMAGE)-<arch> (amd64, arm64, armv7).
+# IMAGE_ARCHES are platforms: the Dockerfile's TARGETARCH, and so the
+# staging dir, is the part before the slash, as builders set it ("arm" for
+# arm/v7, the variant going to the manifest list).
 CONTAINER_ENGINE ?= podman
 IMAGE ?= kubelet-plugin:$(CARGO_VERSION)
-IMAGE_ARCHES := amd64 arm64
+IMAGE_ARCHES := amd64 arm64 arm/v7
 image: static
 	$(call install,podman)
-	rm -rf $(TARGET_DIR)/image && mkdir -p $(TARGET_DIR)/image/amd64 $(TARGET_DIR)/image/arm64
+	rm -rf $(TARGET_DIR)/image && mkdir -p $(TARGET_DIR)/image/amd64 $(TARGET_DIR)/image/arm64 $(TARGET_DIR)/image/arm
 	cp $(STATIC_X86_64)/kubelet-plugin $(TARGET_DIR)/image/amd64/
 	cp $(STATIC_AARCH64)/kubelet-plugin $(TARGET_DIR)/image/arm64/
+	cp $(STATIC_ARMV7)/kubelet-plugin $(TARGET_DIR)/image/arm/
 	@$(CONTAINER_ENGINE) manifest rm $(IMAGE) >/dev/null 2>&1 || true
 	$(CONTAINER_ENGINE) manifest create $(IMAGE)
-	@for arch in $(IMAGE_ARCHES); do \
-	  $(CONTAINER_ENGINE) build --platform linux/$$arch --build-arg TARGETARCH=$$arch \
-	    -f kubelet/daemonset/Dockerfile -t $(IMAGE)-$$arch $(TARGET_DIR)/image || exit 1; \
-	  $(CONTAINER_ENGINE) manifest add $(IMAGE) containers-storage:localhost/$(IMAGE)-$$arch || exit 1; \
+	@for platform in $(IMAGE_ARCHES); do \
+	  arch=$${platform%%/*}; tag=$(IMAGE)-$$(echo $$platform | tr -d /); \
+	  $(CONTAINER_ENGINE) build --platform linux/$$platform --build-arg TARGETARCH=$$arch \
+	    -f kubelet/daemonset/Dockerfile -t $$tag $(TARGET_DIR)/image || exit 1; \
+	  $(CONTAINER_ENGINE) manifest add $(IMAGE) containers-storage:localhost/$$tag || exit 1; \
 	done
 	$(CONTAINER_ENGINE) manifest inspect $(IMAGE)
 
-# dist/kubelet-plugin-<version>-<arch>.tar.gz for both arches, and SHA256SUMS.
+# dist/kubelet-plugin-<version>-<arch>.tar.gz for each arch, and SHA256SUMS.
 # Reproducible: sorted names, root owner, the commit's time, gzip -n.
 DIST := dist
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || date +%s)
 release: static
 	rm -rf $(DIST) && mkdir -p $(DIST)/stage
-	@for arch in x86_64 aarch64; do \
+	@for arch in x86_64 aarch64 armv7; do \
+	  case $$arch in armv7) triple=$(ARMV7);; *) triple=$$arch-unknown-linux-gnu;; esac; \
 	  name=kubelet-plugin-$(VERSION)-$$arch; d=$(DIST)/stage/$$name; \
 	  mkdir -p $$d/bin $$d/init.d $$d/openrc $$d/default $$d/systemd $$d/daemonset $$d/pods || exit 1; \
-	  cp $(TARGET_DIR)/$$arch-unknown-linux-gnu/release/kubelet-plugin \
-	     $(TARGET_DIR)/$$arch-unknown-linux-gnu/release/kubelet-sim $$d/bin/ && \
+	  cp $(TARGET_DIR)/$$triple/release/kubelet-plugin \
+	     $(TARGET_DIR)/$$triple/release/kubelet-sim $$d/bin/ && \
 	  cp kubelet/init.d/kubelet-plugin $$d/init.d/ && \
 	  cp kubelet/openrc/kubelet-plugin $$d/openrc/ && \
 	  cp kubelet/default/kubelet-plugin $$d/default/ && \
 	  cp kubelet/systemd/kubelet-plugin.service $$d/systemd/ && \
-	  cp kubelet/daemonset/daemonset.yaml kubelet/daemonset/Dockerfile $$d/daemonset/ && \
+	  cp kubelet/daemonset/daemonset.yaml kubelet/daemonset/daemonset-plugins-registry.yaml \
+	     kubelet/daemonset/Dockerfile $$d/daemonset/ && \
 	  cp kubelet/pods/*.yaml $$d/pods/ && cp kubelet/kubelet.yaml $$d/ && \
 	  sed -n '/<!-- release:begin -->/,/<!-- release:end -->/p' README.md | sed '1d;$$d' > $$d/README.md && \
 	  test -s $$d/README.md || { echo "README.md has no release excerpt" >&2; exit 1; }; \

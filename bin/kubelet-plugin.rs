@@ -1,6 +1,6 @@
 //! `kubelet-plugin`: parses the flags, sets up logging, runs the supervisor
-//! thread and ends the process with the exit code of its result: the only
-//! place the process ends.
+//! thread, forwards signals to it while it runs, and ends the process with
+//! the exit code of its result: the only place the process ends.
 
 use std::process::ExitCode;
 
@@ -10,7 +10,7 @@ use kubelet_plugin::{
     event::Event,
     inventory::kinds::KindValues,
     lockfile::PidFile,
-    supervisor,
+    signals, supervisor,
 };
 use simplelog::{ConfigBuilder, LevelFilter, ThreadLogMode, WriteLogger};
 
@@ -34,6 +34,7 @@ fn main() -> ExitCode {
     let result = match parsed.cli.command {
         Some(Command::Run(args)) => run(args, &parsed.kinds),
         Some(Command::Cdi(args)) => args.run(&parsed.kinds),
+        Some(Command::Reload(args)) => args.run(),
         Some(Command::Status(args)) => {
             return match args.options().and_then(|o| kubelet_plugin::status::run(&o)) {
                 Ok(outcome) => ExitCode::from(outcome.exit_code()),
@@ -73,8 +74,12 @@ fn run(args: RunArgs, kinds: &KindValues) -> Result<()> {
     // The supervisor takes each resource's lock before it makes anything;
     // it keeps the pid file (and removes it at the end).
     let pid_file = args.pid_file.as_deref().map(PidFile::lock).transpose()?;
+    let signals = signals::Installed::new()?;
+    let handle = signals.handle();
     let (exits, exited) = crossbeam_channel::bounded(1);
-    let join = supervisor::spawn(config, pid_file, exits)?;
+    let (join, inbox) = supervisor::spawn(config, pid_file, exits, handle)?;
+    // This thread's job until the supervisor ends (and closes the handle).
+    signals::forward(signals, &inbox);
     let result = match exited.recv() {
         Ok(Event::ThreadExited { result, .. }) => result,
         _ => Err(Error::Thread("the supervisor thread vanished".into())),

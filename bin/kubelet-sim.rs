@@ -84,6 +84,10 @@ struct Bench {
     /// seconds of idle CPU measurement (default 10)
     #[argh(option, default = "10")]
     idle_secs: u64,
+    /// the same plugin built without DRA (`--no-default-features`), whose
+    /// size is reported beside it
+    #[argh(option)]
+    device_plugin_only_bin: Option<PathBuf>,
 }
 
 #[cfg(feature = "dra")]
@@ -390,6 +394,7 @@ fn main() -> ExitCode {
                 restarts: args.restarts,
                 allocates: args.allocates,
                 idle_secs: args.idle_secs,
+                device_plugin_only_bin: args.device_plugin_only_bin,
             })
         }),
         #[cfg(feature = "dra")]

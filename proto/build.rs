@@ -25,6 +25,12 @@ const APIS: &[&str] = &[
 ];
 
 fn main() {
+    // grpc's C core sizes its thread pools by the CPUs the machine has
+    // (gpr_cpu_num_cores: up to 16 event engine threads, executors of twice
+    // the count), which would make a node agent's threads depend on the
+    // box. Every binary links its calls to our own answer instead
+    // (`rpc::__wrap_gpr_cpu_num_cores`).
+    println!("cargo:rustc-link-arg=-Wl,--wrap=gpr_cpu_num_cores");
     let out = env::var("OUT_DIR").expect("cargo sets OUT_DIR");
     let out = Path::new(&out).join("apis");
     fs::create_dir_all(&out).expect("create the generated code dir");

@@ -273,6 +273,43 @@ pub enum Command {
     Cdi(CdiArgs),
     /// Show the devices of the running plugins.
     Status(StatusArgs),
+    /// Tell a running plugin to reload.
+    Reload(ReloadArgs),
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "reload")]
+/// Send SIGHUP to the running plugin PID, as `kill -HUP PID` would: it
+/// reads its --config file again, drops the devices that are gone and
+/// registers again. For the systemd unit's ExecReload=, which then needs
+/// no kill binary (a minimal root has none).
+pub struct ReloadArgs {
+    /// the plugin's process id (systemd's $MAINPID)
+    #[argh(positional)]
+    pub pid: i32,
+}
+
+impl ReloadArgs {
+    /// Sends the signal; a PID below 2 is refused (0 and -1 would signal a
+    /// whole group, 1 is init).
+    pub fn run(&self) -> Result<()> {
+        use nix::{
+            sys::signal::{Signal, kill},
+            unistd::Pid,
+        };
+        if self.pid < 2 {
+            return Err(Error::Invalid(format!(
+                "reload: PID {} is not a plugin's (give its process id, 2 or more)",
+                self.pid
+            )));
+        }
+        kill(Pid::from_raw(self.pid), Signal::SIGHUP).map_err(|e| {
+            Error::Invalid(format!(
+                "reload: cannot send SIGHUP to PID {}: {e}",
+                self.pid
+            ))
+        })
+    }
 }
 
 #[derive(FromArgs, Debug)]
@@ -741,17 +778,22 @@ impl RunArgs {
 }
 
 /// Makes the dirs `run` writes in when they are missing (the device plugin
-/// dir, the CDI dir, the plugin watcher dir in that mode) and checks that
+/// dir or, in that mode, the plugin watcher dir; the CDI dir) and checks that
 /// every dir it writes in, the dev dir too, is a writable directory.
 pub fn prepare_dirs(cfg: &Config) -> Result<()> {
     // The kubelet makes its dirs 0750; the runtime reads the CDI dir.
     match &cfg.api {
-        Api::DevicePlugin(dp) => {
-            ensure_dir("--device-plugin-dir", &dp.plugin_dir, 0o750)?;
-            if let RegistrationMode::PluginsRegistry(dir) = &dp.registration {
+        // One socket dir per mode: in plugins-registry mode nothing goes in
+        // the device plugin dir, so it need not exist (a DaemonSet need
+        // not mount it).
+        Api::DevicePlugin(dp) => match &dp.registration {
+            RegistrationMode::KubeletSock => {
+                ensure_dir("--device-plugin-dir", &dp.plugin_dir, 0o750)?;
+            }
+            RegistrationMode::PluginsRegistry(dir) => {
                 ensure_dir("--plugins-registry-dir", dir, 0o750)?;
             }
-        }
+        },
         #[cfg(feature = "dra")]
         Api::Dra(dra) => {
             ensure_dir("--dra-plugin-dir", &dra.plugin_dir, 0o750)?;

@@ -74,7 +74,7 @@ pub enum DraEvent {
 /// A message to the supervisor.
 #[derive(Debug)]
 pub enum Event {
-    /// From the `signals` thread.
+    /// From the main thread, which waits for signals.
     Signal(SignalAction),
     /// From the `health` thread: the entries of a dir a front end asked
     /// it to watch changed (e.g. the device plugin dir: `kubelet.sock`

@@ -851,6 +851,6 @@ pub fn flags(data: &[u8]) {
         Some(cli::Command::Cdi(c)) => {
             check_build(&what, &c.plugin, &c.resource_domain, &parsed.kinds)
         }
-        Some(cli::Command::Status(_)) | None => {}
+        Some(cli::Command::Status(_) | cli::Command::Reload(_)) | None => {}
     }
 }

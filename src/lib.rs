@@ -22,10 +22,10 @@
 //!
 //! ```text
 //! main        parses flags, makes missing dirs, starts logging, runs the supervisor
-//!             thread, exits with its result
+//!             thread; while it runs, turns SIGTERM/SIGINT into Event::Signal(Shutdown)
+//!             and SIGHUP into Event::Signal(Reload) for it; exits with its result
 //! supervisor  fills the inventory, hands its resources to the front end, dispatches
 //!             every Event of its inbox; at SIGHUP reloads --config; joins all at the end
-//! signals     SIGTERM/SIGINT -> Event::Signal(Shutdown), SIGHUP -> Event::Signal(Reload)
 //! health      inotify on the dev dir (and the subdirs dev patterns reach) + a slow
 //!             timer; probes the devices that changed; writes a resource's CDI spec
 //!             when its nodes changed, then publishes its device list into its
@@ -36,6 +36,9 @@
 //!             follow the snapshot; each reports Event::DevicePlugin(Stream)), the
 //!             answers of our own calls (Event::DevicePlugin(Served, Registered))
 //! ```
+//!
+//! grpc's C core sizes its pools by a CPU count of ours ([`rpc::GRPC_CPUS`]),
+//! not the machine's, so the count of threads is the same on every box.
 //!
 //! Every thread but grpcio's starts through [`thread::spawn_named`], from
 //! the file of its name, and talks to the supervisor only through
@@ -66,6 +69,7 @@ pub mod kube;
 pub mod lockfile;
 pub mod metrics;
 pub mod notify;
+pub mod pages;
 pub mod pluginwatcher;
 pub mod reload;
 pub mod rpc;

@@ -54,14 +54,17 @@ impl Notifier {
     /// (every resource serves, waits for the kubelet or retries; never
     /// "registered", since the unit starts before the kubelet and that would
     /// deadlock the boot), and a STATUS= line whenever a state changed.
-    pub fn update(&mut self, front: &dyn FrontEnd) {
+    /// Returns whether something changed.
+    pub fn update(&mut self, front: &dyn FrontEnd) -> bool {
         let ready = !self.ready && front.ready();
         let status = front.states().join(", ");
-        if ready || status != self.told {
+        let changed = ready || status != self.told;
+        if changed {
             let ready_line = if ready { "READY=1\n" } else { "" };
             self.send(&format!("{ready_line}STATUS={status}"));
             self.ready |= ready;
             self.told = status;
         }
+        changed
     }
 }

@@ -21,6 +21,19 @@ use crate::{
     watch::Watch,
 };
 
+/// The CPU count grpc's C core sizes its pools by, whatever the machine
+/// has: its event engine keeps this many threads (at least 2), its
+/// executors grow to twice this under load. A node agent serves a handful
+/// of sockets; with this, its thread count is the same on 2 cores and 64.
+pub const GRPC_CPUS: u32 = 1;
+
+/// grpc's `gpr_cpu_num_cores`, as the linker (`--wrap`, see `build.rs`)
+/// makes the C core call it.
+#[unsafe(no_mangle)]
+pub extern "C" fn __wrap_gpr_cpu_num_cores() -> std::ffi::c_uint {
+    GRPC_CPUS
+}
+
 /// The gate of one server generation: `None` while it serves; closing it
 /// (publishing the reason) ends every stream of the generation with status
 /// UNAVAILABLE and that reason.

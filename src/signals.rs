@@ -1,5 +1,7 @@
-//! The `signals` thread: turns SIGTERM and SIGINT into a shutdown and SIGHUP
-//! into a reload (and a new registration), as events for the supervisor.
+//! Signals: SIGTERM and SIGINT become a shutdown, SIGHUP a reload (and a
+//! new registration), as events for the supervisor. They are waited for on
+//! the main thread, which has nothing else to do while the supervisor
+//! runs: one thread fewer than a `signals` thread of its own.
 
 use crossbeam_channel::Sender;
 use signal_hook::{
@@ -10,37 +12,39 @@ use signal_hook::{
 use crate::{
     error::{Error, Result},
     event::{Event, SignalAction},
-    thread::spawn_named,
 };
 
-/// Installs the handlers and starts the thread; `Handle::close` stops it.
-pub fn spawn(events: Sender<Event>) -> Result<(Handle, std::thread::JoinHandle<()>)> {
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
-        .map_err(|e| Error::Invalid(format!("cannot install signal handlers: {e}")))?;
-    let handle = signals.handle();
-    let tx = events.clone();
-    let join = spawn_named("signals", events, move || {
-        for sig in signals.forever() {
-            let action = if sig == SIGHUP {
-                SignalAction::Reload
-            } else {
-                SignalAction::Shutdown
-            };
-            log::info!(
-                "signal {} received",
-                if sig == SIGHUP {
-                    "SIGHUP"
-                } else if sig == SIGINT {
-                    "SIGINT"
-                } else {
-                    "SIGTERM"
-                }
-            );
-            if tx.send(Event::Signal(action)).is_err() {
-                break;
-            }
+/// The signals we handle, installed: from here on SIGTERM no longer kills
+/// the process but waits for [`forward`].
+pub struct Installed(Signals);
+
+impl Installed {
+    /// Installs the handlers.
+    pub fn new() -> Result<Self> {
+        Signals::new([SIGTERM, SIGINT, SIGHUP])
+            .map(Installed)
+            .map_err(|e| Error::Invalid(format!("cannot install signal handlers: {e}")))
+    }
+
+    /// What ends [`forward`]: `Handle::close`, from any thread.
+    pub fn handle(&self) -> Handle {
+        self.0.handle()
+    }
+}
+
+/// Sends each signal to `events` as it comes, until the handle is closed
+/// or nobody receives any more. A signal that came before is not lost: it
+/// waits in the handler's pipe.
+pub fn forward(Installed(mut signals): Installed, events: &Sender<Event>) {
+    for sig in signals.forever() {
+        let (name, action) = match sig {
+            SIGHUP => ("SIGHUP", SignalAction::Reload),
+            SIGINT => ("SIGINT", SignalAction::Shutdown),
+            _ => ("SIGTERM", SignalAction::Shutdown),
+        };
+        log::info!("signal {name} received");
+        if events.send(Event::Signal(action)).is_err() {
+            break;
         }
-        Ok(())
-    })?;
-    Ok((handle, join))
+    }
 }

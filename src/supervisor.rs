@@ -1,6 +1,6 @@
 //! The `supervisor` thread: owns the process's life. It fills the
 //! inventory, hands its resources to the front end chosen by `--api`,
-//! starts the other threads (signals, health, metrics, the front end's),
+//! starts the other threads (health, metrics, the front end's),
 //! dispatches every [`Event`] of its one inbox, tells systemd where things
 //! are, reloads the `--config` file at SIGHUP, and at shutdown stops every
 //! thread and joins it. A thread that fails ends the run with its own
@@ -14,6 +14,7 @@ use std::{
 };
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
+use signal_hook::iterator::Handle;
 
 use crate::{
     deviceplugin::{self, DevicePlugins},
@@ -25,7 +26,6 @@ use crate::{
     metrics::{self, Exporter, Metrics},
     notify::Notifier,
     reload::Reload,
-    signals,
     thread::spawn_named,
     wake::Stopper,
 };
@@ -33,6 +33,11 @@ use crate::{
 /// How long threads get to finish at shutdown: they take milliseconds;
 /// the margin is for a loaded machine, not for a thread that is stuck.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long the front end's state must stay unchanged (start-up, a new
+/// registration or a reload done) before the code pages that got it there
+/// are given back ([`crate::pages::trim_code`]).
+const TRIM_AFTER: Duration = Duration::from_secs(2);
 
 /// Which kubelet API serves the devices, with its configuration.
 #[derive(Clone, Debug)]
@@ -70,20 +75,29 @@ fn front_end(api: Api, events: Sender<Event>, metrics: Arc<Metrics>) -> Box<dyn 
 
 /// Starts the supervisor thread: it prepares everything, then writes the
 /// pid file (the plugins are ready), then runs until SIGTERM or SIGINT. Its
-/// result reaches `exits` as [`Event::ThreadExited`].
+/// result reaches `exits` as [`Event::ThreadExited`]; when it ends, it
+/// closes `signals` (which ends the caller's [`crate::signals::forward`]).
+/// Returns the thread and its inbox, for the signals.
 pub fn spawn(
     cfg: Config,
     pid_file: Option<PidFile>,
     exits: Sender<Event>,
-) -> Result<JoinHandle<()>> {
-    spawn_named("supervisor", exits, move || {
-        let supervisor = Supervisor::new(cfg)?;
-        let _pid_file = match pid_file {
-            Some(mut p) => p.ready().map(|()| Some(p))?,
-            None => None,
-        };
-        supervisor.run()
-    })
+    signals: Handle,
+) -> Result<(JoinHandle<()>, Sender<Event>)> {
+    let (events, inbox) = unbounded();
+    let inbox_sender = events.clone();
+    let join = spawn_named("supervisor", exits, move || {
+        let result = Supervisor::new(cfg, events, inbox).and_then(|supervisor| {
+            let _pid_file = match pid_file {
+                Some(mut p) => p.ready().map(|()| Some(p))?,
+                None => None,
+            };
+            supervisor.run()
+        });
+        signals.close();
+        result
+    })?;
+    Ok((join, inbox_sender))
 }
 
 /// The supervisor: the inventory, the front end and the inbox.
@@ -96,20 +110,22 @@ pub struct Supervisor {
     /// The `metrics` thread's work, made (its port bound) at start.
     exporter: Option<(Exporter, Stopper)>,
     notifier: Notifier,
+    /// When the code pages are trimmed next: [`TRIM_AFTER`] after the
+    /// last change of state.
+    trim_at: Option<Instant>,
 }
 
 impl Supervisor {
     /// Takes every resource's lock, prepares it (makes its nodes), probes
     /// its devices and writes its CDI spec, so the first snapshot is ready
     /// before any front end serves it.
-    pub fn new(cfg: Config) -> Result<Self> {
+    pub fn new(cfg: Config, events: Sender<Event>, inbox: Receiver<Event>) -> Result<Self> {
         let metrics = Metrics::new();
         let exporter = if cfg.metrics.file.is_some() || cfg.metrics.listen.is_some() {
             Some(Exporter::new(metrics.clone(), &cfg.metrics)?)
         } else {
             None
         };
-        let (events, inbox) = unbounded();
         let mut front = front_end(cfg.api, events.clone(), metrics.clone());
         let mut inventory = Inventory::new(cfg.inventory, metrics);
         for plugin in cfg.plugins {
@@ -128,14 +144,14 @@ impl Supervisor {
             inbox,
             exporter,
             notifier: Notifier::from_env(),
+            trim_at: None,
         })
     }
 
     /// Runs until SIGTERM or SIGINT (Ok) or a fatal error. A thread that
     /// does not stop in time is an error too.
     pub fn run(mut self) -> Result<()> {
-        let (signals, signals_join) = signals::spawn(self.events.clone())?;
-        let mut joins = vec![signals_join];
+        let mut joins = Vec::new();
         let watched: Vec<PathBuf> = self.front.watched_dirs();
         joins.push(self.inventory.start(self.events.clone(), &watched)?);
         let mut metrics_stop = None;
@@ -148,7 +164,6 @@ impl Supervisor {
             self.event_loop()
         });
         self.front.shutdown();
-        signals.close();
         self.inventory.stop();
         drop(metrics_stop);
         let joined = self.join(joins);
@@ -157,8 +172,14 @@ impl Supervisor {
 
     fn event_loop(&mut self) -> Result<()> {
         loop {
-            self.notifier.update(self.front.as_ref());
-            let event = match self.front.deadline() {
+            if self.notifier.update(self.front.as_ref()) {
+                self.trim_at = Some(Instant::now() + TRIM_AFTER);
+            }
+            let deadline = match (self.front.deadline(), self.trim_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let event = match deadline {
                 Some(at) => match self.inbox.recv_deadline(at) {
                     Ok(ev) => Some(ev),
                     Err(RecvTimeoutError::Timeout) => None,
@@ -189,6 +210,11 @@ impl Supervisor {
             }
             if self.front.deadline().is_some_and(|at| at <= Instant::now()) {
                 self.front.tick();
+            }
+            if self.trim_at.is_some_and(|at| at <= Instant::now()) {
+                self.trim_at = None;
+                let bytes = crate::pages::trim_code();
+                log::debug!("code pages trimmed mapped_bytes={bytes}");
             }
         }
     }

@@ -20,11 +20,13 @@ pub const DEVICE_PLUGIN_TYPE: &str = "DevicePlugin";
 
 /// The options we announce, in Register and in GetDevicePluginOptions alike
 /// (kubelets before 1.25 read the first, later ones the second).
-/// GetPreferredAllocation and PreStartContainer still answer correctly.
+/// GetPreferredAllocation is asked for: the kubelet then lets us pick among
+/// the devices it may give, and we keep a container on one NUMA node.
+/// PreStartContainer still answers, though it is never needed.
 pub fn options() -> api::DevicePluginOptions {
     api::DevicePluginOptions {
         pre_start_required: false,
-        get_preferred_allocation_available: false,
+        get_preferred_allocation_available: true,
         ..Default::default()
     }
 }

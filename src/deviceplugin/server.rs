@@ -213,9 +213,10 @@ impl api_grpc::DevicePlugin for Service {
         req: api::PreferredAllocationRequest,
         sink: UnarySink<api::PreferredAllocationResponse>,
     ) {
+        let devices = self.resource.devices.get();
         let mut resp = api::PreferredAllocationResponse::new();
         for creq in &req.container_requests {
-            resp.container_responses.push(preferred(creq));
+            resp.container_responses.push(preferred(creq, &devices));
         }
         reply(&ctx, sink, Ok(resp));
     }
@@ -272,6 +273,19 @@ pub fn list_response(devices: &[Device]) -> api::ListAndWatchResponse {
             .map(|d| api::Device {
                 ID: d.id.clone(),
                 health: d.health.as_str().into(),
+                // Only for hardware on a NUMA node: a device without
+                // topology is one the topology manager may put anywhere.
+                topology: d
+                    .node
+                    .numa
+                    .map(|n| api::TopologyInfo {
+                        nodes: vec![api::NUMANode {
+                            ID: n.into(),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    })
+                    .into(),
                 ..Default::default()
             })
             .collect(),
@@ -279,18 +293,47 @@ pub fn list_response(devices: &[Device]) -> api::ListAndWatchResponse {
     }
 }
 
-/// A preference that honours the contract: every must-include ID first,
-/// then available ones, `allocation_size` in all (fewer if not enough).
+/// A preference that honours the contract (every must-include ID first,
+/// then available ones, `allocation_size` in all, fewer if not enough) and
+/// keeps to one NUMA node where it can: that of the must-include devices,
+/// else the one with the most available devices; devices of other nodes or
+/// of none only fill up what it lacks.
 fn preferred(
     req: &api::ContainerPreferredAllocationRequest,
+    devices: &[Device],
 ) -> api::ContainerPreferredAllocationResponse {
+    let numa = |id: &String| {
+        devices
+            .iter()
+            .find(|d| &d.id == id)
+            .and_then(|d| d.node.numa)
+    };
     let size = usize::try_from(req.allocation_size).unwrap_or(0);
     let mut ids: Vec<String> = Vec::with_capacity(size);
-    for id in req
-        .must_include_deviceIDs
+    for id in &req.must_include_deviceIDs {
+        if ids.len() < size && !ids.contains(id) {
+            ids.push(id.clone());
+        }
+    }
+    let mut rest: Vec<&String> = req
+        .available_deviceIDs
         .iter()
-        .chain(&req.available_deviceIDs)
-    {
+        .filter(|id| !ids.contains(id))
+        .collect();
+    let home = ids.iter().find_map(numa).or_else(|| {
+        let mut counts = std::collections::BTreeMap::<u32, usize>::new();
+        for n in rest.iter().filter_map(|id| numa(id)) {
+            *counts.entry(n).or_default() += 1;
+        }
+        // The most devices, the lowest node on a tie.
+        counts
+            .into_iter()
+            .max_by_key(|&(n, c)| (c, std::cmp::Reverse(n)))
+            .map(|(n, _)| n)
+    });
+    // Stable: the kubelet's order within each group is kept.
+    rest.sort_by_key(|id| numa(id) != home);
+    for id in rest {
         if ids.len() == size {
             break;
         }
@@ -330,4 +373,53 @@ pub fn check_serving(
         done(call.await.map(drop).map_err(|e| e.to_string()));
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::inventory::device::tests::device;
+
+    fn on(id: &str, numa: Option<u32>) -> Device {
+        let mut d = device(id, Ok(()));
+        Arc::make_mut(&mut d.node).numa = numa;
+        d
+    }
+
+    fn ask(devices: &[Device], available: &[&str], must: &[&str], size: i32) -> Vec<String> {
+        let req = api::ContainerPreferredAllocationRequest {
+            available_deviceIDs: available.iter().map(|s| s.to_string()).collect(),
+            must_include_deviceIDs: must.iter().map(|s| s.to_string()).collect(),
+            allocation_size: size,
+            ..Default::default()
+        };
+        preferred(&req, devices).deviceIDs
+    }
+
+    #[test]
+    fn test_preference_keeps_to_one_numa_node() {
+        let devices = [
+            on("a0", Some(0)),
+            on("b1", Some(1)),
+            on("c1", Some(1)),
+            on("d0", Some(0)),
+            on("e1", Some(1)),
+            on("x", None),
+        ];
+        let all = ["x", "a0", "b1", "c1", "d0", "e1"];
+        // The node with the most devices, whatever the kubelet's order.
+        assert_eq!(ask(&devices, &all, &[], 2), ["b1", "c1"]);
+        // The must-include device's node first, then the others fill up.
+        assert_eq!(ask(&devices, &all, &["d0"], 3), ["d0", "a0", "x"]);
+        // A tie goes to the lower node; too few gives what there is.
+        assert_eq!(ask(&devices, &["b1", "a0"], &[], 1), ["a0"]);
+        assert_eq!(ask(&devices, &["b1", "a0"], &[], 5), ["a0", "b1"]);
+        // No topology at all: the kubelet's order, must-include first.
+        let plain = [on("p", None), on("q", None), on("r", None)];
+        assert_eq!(ask(&plain, &["p", "q", "r"], &["r"], 2), ["r", "p"]);
+        // IDs we do not know are kept in the kubelet's order, after ours.
+        assert_eq!(ask(&devices, &["zz", "b1"], &[], 2), ["b1", "zz"]);
+    }
 }

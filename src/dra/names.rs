@@ -62,6 +62,11 @@ impl DraDevice {
         }
         attrs.insert("major".into(), json!({ "int": node.id.major }));
         attrs.insert("minor".into(), json!({ "int": node.id.minor }));
+        if let Some(numa) = node.numa {
+            // For a claim's constraints (matchAttribute: devices of one NUMA
+            // node), as the device plugin's TopologyInfo is for the kubelet.
+            attrs.insert("numaNode".into(), json!({ "int": numa }));
+        }
         Value::Object(attrs)
     }
 }

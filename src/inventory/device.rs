@@ -202,6 +202,11 @@ pub struct DeviceNode {
     /// A stable link to the node udev made (`/dev/serial/by-id/usb-...`),
     /// where there is one: it names the same hardware after a replug.
     pub by_id: Option<String>,
+    /// The NUMA node of the hardware behind the node, where it sits on a
+    /// bus that has one (a PCI GPU, NVMe disk, accelerator); none for
+    /// virtual and USB devices. The kubelet's topology manager aligns
+    /// devices and CPUs by it.
+    pub numa: Option<u32>,
 }
 
 /// One device of a plugin: its ID, its health and the node it hands out.
@@ -269,6 +274,7 @@ pub(crate) mod tests {
             kind: NodeKind::Char,
             id: NodeId { major: 1, minor: 8 },
             by_id: None,
+            numa: None,
         };
         Device::new(id, Arc::new(node), check)
     }

@@ -1,8 +1,9 @@
 //! Device nodes on the host: reading a node's kind and major:minor,
 //! checking that a node is what a device needs (with a [`Reason`] when it is
-//! not), and making missing nodes.
+//! not), making missing nodes, and the NUMA node of the hardware behind a
+//! node (from sysfs).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::{
     errno::Errno,
@@ -110,6 +111,46 @@ pub fn ensure_char(path: &Path, id: NodeId, mode: u32) -> Result<bool> {
     Ok(true)
 }
 
+/// Where sysfs is: `$KUBELET_PLUGIN_SYSFS` (a fake tree, for tests) or
+/// `/sys`.
+pub fn sysfs_root() -> PathBuf {
+    std::env::var_os("KUBELET_PLUGIN_SYSFS").map_or_else(|| PathBuf::from("/sys"), PathBuf::from)
+}
+
+/// How far up from a node's device sysfs is searched for a NUMA node: a
+/// render node's PCI function is one step up, an NVMe disk's two.
+const NUMA_SEARCH_DEPTH: usize = 6;
+
+/// The NUMA node of the hardware behind node `id` of `kind`, as sysfs under
+/// `sys` tells it: the `numa_node` of the first device up from the node's
+/// own (`<sys>/dev/<char|block>/<major>:<minor>/device`) that has one,
+/// which is the PCI function a GPU, NVMe disk or VFIO device sits on.
+/// None where there is no such device (virtual nodes such as tun, fuse or
+/// kvm), where the kernel says -1 (no NUMA), and below a USB device: a USB
+/// serial adapter reaches the CPUs through its host controller, whichever
+/// NUMA node that sits on, so it has no locality worth aligning to.
+pub fn numa_node(sys: &Path, kind: NodeKind, id: NodeId) -> Option<u32> {
+    let class = match kind {
+        NodeKind::Char => "char",
+        NodeKind::Block => "block",
+    };
+    let devices = std::fs::canonicalize(sys.join("devices")).ok()?;
+    let mut dir = std::fs::canonicalize(sys.join(format!("dev/{class}/{id}/device"))).ok()?;
+    for _ in 0..NUMA_SEARCH_DEPTH {
+        if let Ok(text) = std::fs::read_to_string(dir.join("numa_node")) {
+            return text.trim().parse::<u32>().ok();
+        }
+        let subsystem = std::fs::read_link(dir.join("subsystem")).ok();
+        if subsystem.as_deref().and_then(Path::file_name) == Some("usb".as_ref()) {
+            return None;
+        }
+        if !dir.pop() || !dir.starts_with(&devices) || dir == devices {
+            return None;
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +186,111 @@ mod tests {
         std::fs::remove_file(&node).unwrap();
         std::os::unix::fs::symlink("gone", &node).unwrap();
         assert_eq!(inspect(&node).unwrap_err(), Reason::Missing);
+    }
+
+    /// The real sysfs of this machine: every node it lists is looked up
+    /// without error, a virtual node (kvm, fuse, tun, loop) has no NUMA
+    /// node, and any NUMA node found is one the machine has.
+    #[test]
+    fn test_numa_node_on_this_machine_s_sysfs() {
+        let sys = Path::new("/sys");
+        let online = std::fs::read_dir(sys.join("devices/system/node"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("node"))
+                    .count()
+            })
+            .unwrap_or(1);
+        let mut seen = 0;
+        for (class, kind) in [("char", NodeKind::Char), ("block", NodeKind::Block)] {
+            for entry in std::fs::read_dir(sys.join("dev").join(class))
+                .unwrap()
+                .flatten()
+            {
+                let name = entry.file_name().to_string_lossy().to_string();
+                let (major, minor) = name.split_once(':').unwrap();
+                let id = NodeId {
+                    major: major.parse().unwrap(),
+                    minor: minor.parse().unwrap(),
+                };
+                let real = std::fs::canonicalize(entry.path()).unwrap();
+                let numa = numa_node(sys, kind, id);
+                if real.starts_with("/sys/devices/virtual") {
+                    assert_eq!(numa, None, "{name} is virtual ({})", real.display());
+                }
+                if let Some(n) = numa {
+                    assert!((n as usize) < online, "{name}: NUMA node {n} of {online}");
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen > 0, "no device numbers in /sys/dev");
+    }
+
+    /// A fake sysfs: a render node on a PCI function of NUMA node 1, one on
+    /// a function that says -1, a USB serial adapter below a controller of
+    /// node 0, and a number sysfs does not know.
+    #[test]
+    fn test_numa_node_follows_the_bus_and_stops_at_usb() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path();
+        let make = |rel: &str, numa: Option<&str>| {
+            let d = sys.join(rel);
+            std::fs::create_dir_all(&d).unwrap();
+            if let Some(n) = numa {
+                std::fs::write(d.join("numa_node"), format!("{n}\n")).unwrap();
+            }
+        };
+        let link = |target: &str, at: &str| {
+            let at = sys.join(at);
+            std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(target, at).unwrap();
+        };
+        make("devices/pci0000:00/0000:00:02.0", Some("1"));
+        make("devices/pci0000:00/0000:00:02.0/drm/renderD128", None);
+        link(
+            "../..",
+            "devices/pci0000:00/0000:00:02.0/drm/renderD128/device",
+        );
+        link(
+            "../../devices/pci0000:00/0000:00:02.0/drm/renderD128",
+            "dev/char/226:128",
+        );
+        make("devices/pci0000:00/0000:00:03.0", Some("-1"));
+        make("devices/pci0000:00/0000:00:03.0/drm/renderD129", None);
+        link(
+            "../..",
+            "devices/pci0000:00/0000:00:03.0/drm/renderD129/device",
+        );
+        link(
+            "../../devices/pci0000:00/0000:00:03.0/drm/renderD129",
+            "dev/char/226:129",
+        );
+        let port = "devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0/ttyUSB0";
+        make("devices/pci0000:00/0000:00:14.0", Some("0"));
+        make(&format!("{port}/tty/ttyUSB0"), None);
+        make("bus/usb", None);
+        link(
+            "../../../../../../bus/usb",
+            "devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0/subsystem",
+        );
+        link("../..", &format!("{port}/tty/ttyUSB0/device"));
+        link(&format!("../../{port}/tty/ttyUSB0"), "dev/char/188:0");
+        let char = |major, minor| numa_node(sys, NodeKind::Char, NodeId { major, minor });
+        assert_eq!(char(226, 128), Some(1));
+        assert_eq!(char(226, 129), None, "-1: no NUMA");
+        assert_eq!(char(188, 0), None, "USB: none");
+        assert_eq!(char(226, 130), None, "not in sysfs");
+        assert_eq!(
+            numa_node(
+                sys,
+                NodeKind::Block,
+                NodeId {
+                    major: 226,
+                    minor: 128
+                }
+            ),
+            None
+        );
     }
 }

@@ -186,6 +186,8 @@ const MAX_PENDING: usize = 10_000;
 struct Conn {
     client: api_grpc::DevicePluginClient,
     devices: Vec<(String, String)>,
+    /// Whether the plugin asked to choose among the devices offered.
+    preferred: bool,
     stream: AbortHandle,
     id: u64,
 }
@@ -597,8 +599,9 @@ impl Sim {
         Ok(())
     }
 
-    /// Allocates the first `n` healthy devices of `resource`, as the kubelet
-    /// would pick them; returns the IDs and the answer.
+    /// Allocates `n` healthy devices of `resource` as the kubelet picks
+    /// them: the plugin's preferred ones when it asked to choose and there
+    /// is a choice, else the first; returns the IDs and the answer.
     pub fn allocate_healthy(
         &self,
         resource: &str,
@@ -607,11 +610,10 @@ impl Sim {
         let devices = self
             .devices(resource)
             .ok_or_else(|| format!("no device list from {resource}"))?;
-        let ids: Vec<String> = devices
+        let mut ids: Vec<String> = devices
             .into_iter()
             .filter(|(_, h)| h == "Healthy")
             .map(|(id, _)| id)
-            .take(n)
             .collect();
         if ids.len() < n {
             return Err(format!(
@@ -619,8 +621,51 @@ impl Sim {
                 ids.len()
             ));
         }
+        if ids.len() > n && self.asks_preference(resource) {
+            ids = self.preferred(resource, ids, n)?;
+        } else {
+            ids.truncate(n);
+        }
         let resp = self.allocate(resource, &ids)?;
         Ok((ids, resp))
+    }
+
+    fn asks_preference(&self, resource: &str) -> bool {
+        let conns = self.shared.conns.lock().expect("sim lock");
+        conns.get(resource).is_some_and(|c| c.preferred)
+    }
+
+    /// GetPreferredAllocation for one container: `n` of `available`; the
+    /// answer is checked as the kubelet checks it.
+    pub fn preferred(
+        &self,
+        resource: &str,
+        available: Vec<String>,
+        n: usize,
+    ) -> Result<Vec<String>, String> {
+        let req = api::PreferredAllocationRequest {
+            container_requests: vec![api::ContainerPreferredAllocationRequest {
+                available_deviceIDs: available.clone(),
+                allocation_size: i32::try_from(n).map_err(|e| e.to_string())?,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let resp = self
+            .client(resource)?
+            .get_preferred_allocation_opt(&req, CallOption::default().timeout(DIAL_TIMEOUT))
+            .map_err(|e| format!("GetPreferredAllocation of {resource}: {e}"))?;
+        let ids = resp
+            .container_responses
+            .first()
+            .map(|c| c.deviceIDs.clone())
+            .unwrap_or_default();
+        if ids.len() != n || ids.iter().any(|id| !available.contains(id)) {
+            return Err(format!(
+                "GetPreferredAllocation of {resource} answered {ids:?}, not {n} of {available:?}"
+            ));
+        }
+        Ok(ids)
     }
 
     /// Plays the kubelet's plugin watcher on `dir` too: registers every
@@ -856,6 +901,7 @@ fn follow(
         Conn {
             client: client.clone(),
             devices: Vec::new(),
+            preferred: options.get_preferred_allocation_available,
             stream: abort,
             id,
         },

@@ -5,6 +5,7 @@
 //! announced. Every wait is bounded.
 
 use std::{
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -12,7 +13,7 @@ use std::{
 mod common;
 
 use common::{Dirs, Plugin, dirs};
-use kubelet_plugin::sim::Sim;
+use kubelet_plugin::{api::api, sim::Sim};
 use nix::sys::{
     signal::Signal,
     stat::{Mode, SFlag, makedev, mknod, stat},
@@ -264,6 +265,104 @@ fn test_shared_nodes_and_block_devices() {
     );
     let resp = sim.allocate(lp, &["loop0".into()]).unwrap();
     assert_eq!(resp.container_responses[0].devices[0].permissions, "rw");
+}
+
+/// A fake sysfs under `sys` where the render node `226:<minor>` sits on a
+/// PCI function of NUMA node `numa`.
+fn pci_render_node(sys: &Path, minor: u32, function: &str, numa: i32) {
+    let node = sys.join(format!("devices/pci0000:00/{function}/drm/renderD{minor}"));
+    std::fs::create_dir_all(&node).unwrap();
+    std::fs::write(node.join("../../numa_node"), format!("{numa}\n")).unwrap();
+    std::os::unix::fs::symlink("../..", node.join("device")).unwrap();
+    std::fs::create_dir_all(sys.join("dev/char")).unwrap();
+    std::os::unix::fs::symlink(&node, sys.join(format!("dev/char/226:{minor}"))).unwrap();
+}
+
+/// GPUs' render nodes on two NUMA nodes and one sysfs does not know (fake
+/// sysfs, real nodes): ListAndWatch carries each one's TopologyInfo (none
+/// where there is none), and the preference the kubelet asks for keeps a
+/// container on one NUMA node.
+#[test]
+fn test_topology_from_sysfs_in_the_list_and_the_preference() {
+    let d = dirs();
+    let sys = tempfile::tempdir().unwrap();
+    pci_render_node(sys.path(), 128, "0000:00:02.0", 1);
+    pci_render_node(sys.path(), 129, "0000:00:03.0", 0);
+    std::fs::create_dir_all(d.dev.join("dri")).unwrap();
+    for minor in [128, 129, 130] {
+        let path = d.dev.join(format!("dri/renderD{minor}"));
+        mknod(
+            &path,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(226, minor),
+        )
+        .unwrap();
+    }
+    let sim = Sim::start(&d.plugin).unwrap();
+    let mut cmd = common::plugin_cmd(
+        env!("CARGO_BIN_EXE_kubelet-plugin"),
+        &d,
+        &["--plugin", "none", "--device", "gpu=dri/renderD*:2"],
+    );
+    let _p = Plugin::spawn(cmd.env("KUBELET_PLUGIN_SYSFS", sys.path()));
+    let gpu = "github.com.ihcsim/gpu";
+    common::wait_lists(&sim, &[gpu], WAIT);
+
+    let client = sim.client(gpu).unwrap();
+    let mut stream = client.list_and_watch(&api::Empty::new()).unwrap();
+    let list = futures_executor::block_on(futures_util::StreamExt::next(&mut stream))
+        .expect("a first device list")
+        .unwrap();
+    let topology: Vec<(String, Vec<i64>)> = list
+        .devices
+        .iter()
+        .map(|d| {
+            (
+                d.ID.clone(),
+                d.topology.nodes.iter().map(|n| n.ID).collect(),
+            )
+        })
+        .collect();
+    let want = |id: &str, nodes: &[i64]| (id.to_string(), nodes.to_vec());
+    assert_eq!(
+        topology,
+        [
+            want("dri-renderD128-0", &[1]),
+            want("dri-renderD128-1", &[1]),
+            want("dri-renderD129-0", &[0]),
+            want("dri-renderD129-1", &[0]),
+            want("dri-renderD130-0", &[]),
+            want("dri-renderD130-1", &[]),
+        ]
+    );
+    for dev in list
+        .devices
+        .iter()
+        .filter(|d| d.ID.starts_with("dri-renderD130"))
+    {
+        assert!(dev.topology.is_none(), "no TopologyInfo at all: {dev:?}");
+    }
+
+    // As the kubelet picks: the plugin asked to choose, and chooses one
+    // NUMA node (a tie goes to the lower one).
+    let (ids, _) = sim.allocate_healthy(gpu, 2).unwrap();
+    assert_eq!(ids, ["dri-renderD129-0", "dri-renderD129-1"]);
+    let available: Vec<String> = list.devices.iter().map(|d| d.ID.clone()).collect();
+    let req = api::PreferredAllocationRequest {
+        container_requests: vec![api::ContainerPreferredAllocationRequest {
+            available_deviceIDs: available,
+            must_include_deviceIDs: vec!["dri-renderD128-1".into()],
+            allocation_size: 3,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let resp = client.get_preferred_allocation(&req).unwrap();
+    assert_eq!(
+        resp.container_responses[0].deviceIDs,
+        ["dri-renderD128-1", "dri-renderD128-0", "dri-renderD129-0"]
+    );
 }
 
 #[test]

@@ -60,7 +60,7 @@ fn test_registers_within_2s_with_version_endpoint_and_resource() {
     assert_eq!(req.endpoint, "crand.sock");
     assert_eq!(req.resource_name, CRAND);
     let opts = req.options.as_ref().unwrap();
-    assert!(!opts.pre_start_required && !opts.get_preferred_allocation_available);
+    assert!(!opts.pre_start_required && opts.get_preferred_allocation_available);
     let meta = std::fs::symlink_metadata(d.plugin.join("crand.sock")).unwrap();
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.mode() & 0o777, 0o600, "only root may connect");
@@ -252,6 +252,30 @@ fn test_sigterm_exits_0_within_1s_and_removes_the_socket() {
         matches!(ev, SimEvent::StreamEnded { .. }).then_some(())
     })
     .unwrap();
+}
+
+/// Once registered and quiet, the plugin gives back the code pages start-up
+/// touched (and again after a kubelet restart); what runs afterwards finds
+/// its code again: streams, health, Allocate, a new registration, SIGTERM.
+#[test]
+fn test_code_pages_trimmed_when_settled_and_everything_still_runs() {
+    let d = dirs();
+    let mut sim = Sim::start(&d.plugin).unwrap();
+    let mut p = start(&d, &["--plugin", "crand"]);
+    sim.wait_devices(CRAND, WAIT, |l| healthy(l, &["crand0", "crand1", "crand2"]))
+        .unwrap();
+    p.wait_log("code pages trimmed", WAIT);
+    std::fs::remove_file(d.dev.join("crand1")).unwrap();
+    sim.wait_devices(CRAND, WAIT, |l| health_of(l, "crand1") == "Unhealthy")
+        .unwrap();
+    sim.allocate(CRAND, &["crand0".into()]).unwrap();
+    sim.restart().unwrap();
+    sim.wait_registered(CRAND, WAIT).unwrap();
+    p.wait_log_count("code pages trimmed", 2, WAIT);
+    sim.allocate(CRAND, &["crand2".into()]).unwrap();
+    p.signal(Signal::SIGTERM);
+    let status = p.wait_exit(WAIT).expect("exits");
+    assert_eq!(status.code(), Some(0), "{}", p.log());
 }
 
 /// Runs the plugin with `args` and expects a quick failure with one line on
@@ -493,12 +517,14 @@ fn test_missing_dirs_are_made_and_said() {
         let p = Plugin::spawn(&mut cmd);
         // No kubelet here, in either mode: the plugin waits, ready.
         p.wait_log("waiting for", WAIT);
-        let mut made = vec![(&dp, 0o750), (&cdi, 0o755)];
-        if mode == "plugins-registry" {
-            made.push((&registry, 0o750));
+        // Only the socket dir of its mode: the other is not used.
+        let (used, unused) = if mode == "plugins-registry" {
+            (&registry, &dp)
         } else {
-            assert!(!registry.exists(), "{mode}: made a dir it does not use");
-        }
+            (&dp, &registry)
+        };
+        assert!(!unused.exists(), "{mode}: made a dir it does not use");
+        let made = [(used, 0o750), (&cdi, 0o755)];
         for (dir, want) in made {
             let mode_bits = std::fs::metadata(dir).unwrap().mode() & 0o777;
             assert_eq!(mode_bits, want, "{mode}: {}", dir.display());

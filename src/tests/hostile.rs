@@ -338,7 +338,7 @@ fn assert_back_to(p: &Plugin, base: Usage, what: &str) {
 
 /// Our own threads, each exactly once.
 fn assert_own_threads_once(p: &Plugin) {
-    let ours = ["health", "kubelet-plugin", "signals", "supervisor"];
+    let ours = ["health", "kubelet-plugin", "supervisor"];
     let names: Vec<String> = p
         .thread_names()
         .into_iter()
@@ -895,6 +895,84 @@ fn test_100_concurrent_streams_dropped_at_once_leave_nothing() {
     // The kubelet's own stream lived through it: no registration again.
     assert_undisturbed(&sim);
     assert!(!p.log().contains("not reopened"), "{}", p.log());
+}
+
+/// The plugin's threads after registering, streams, allocations and a
+/// metrics scrape, with `cpus` CPUs as sysfs tells them (none: this
+/// machine's): `/sys/devices/system/cpu` is replaced, in a mount namespace
+/// of the plugin's own, by a tree of that many.
+fn threads_with_cpus(cpus: Option<usize>) -> Vec<String> {
+    let d = dirs();
+    let sim = Sim::start(&d.plugin).unwrap();
+    let metrics = d.tmp.path().join("metrics.prom");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let run = common::plugin_cmd(
+        env!("CARGO_BIN_EXE_kubelet-plugin"),
+        &d,
+        &[
+            "--plugin",
+            "crand",
+            "--metrics-file",
+            metrics.to_str().unwrap(),
+            "--metrics-listen",
+            &addr.to_string(),
+        ],
+    );
+    let mut cmd = match cpus {
+        None => run,
+        Some(n) => {
+            let fake = d.tmp.path().join("cpu");
+            for i in 0..n {
+                std::fs::create_dir_all(fake.join(format!("cpu{i}"))).unwrap();
+            }
+            for f in ["possible", "present"] {
+                std::fs::write(fake.join(f), format!("0-{}\n", n - 1)).unwrap();
+            }
+            std::fs::write(fake.join("online"), "0\n").unwrap();
+            let mut cmd = Command::new("unshare");
+            cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg(format!(
+                    "mount --bind {} /sys/devices/system/cpu && exec \"$0\" \"$@\"",
+                    fake.display()
+                ))
+                .arg(run.get_program())
+                .args(run.get_args());
+            cmd
+        }
+    };
+    let p = Plugin::spawn(&mut cmd);
+    sim.wait_devices(CRAND, WAIT, |l| all_healthy(l, 3))
+        .unwrap_or_else(|e| panic!("{e}\n{}", p.log()));
+    for id in ["crand0", "crand1", "crand2"] {
+        sim.allocate(CRAND, &strings(&[id])).unwrap();
+    }
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut s, &mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    p.thread_names()
+}
+
+/// grpc's C core sizes its pools by the CPU count; ours are sized by us:
+/// with 64 CPUs the plugin has the very threads it has here, at most 12
+/// with the metrics on.
+#[test]
+fn test_threads_do_not_follow_the_cpu_count() {
+    let here = threads_with_cpus(None);
+    let many = threads_with_cpus(Some(64));
+    // (grpc may start one more pool thread for a moment under load: the
+    // counts are bounded, not compared one for one.)
+    for (cpus, threads) in [("this machine's", &here), ("64", &many)] {
+        assert!(
+            threads.len() <= 12,
+            "{} threads with {cpus} CPUs: {threads:?}",
+            threads.len()
+        );
+    }
 }
 
 // ---- 4. A kubelet.sock that is not a kubelet ------------------------------

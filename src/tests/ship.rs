@@ -276,7 +276,11 @@ fn test_systemd_unit_verifies_and_orders_around_the_kubelet() {
     assert_eq!(value("Restart"), "always");
     assert!(value("After").contains("containerd.service"), "{unit}");
     assert_eq!(value("Before"), "kubelet.service");
-    assert!(value("ExecReload").contains("-HUP"));
+    // Reload through the plugin's own binary: no kill binary needed.
+    assert_eq!(
+        value("ExecReload"),
+        "/usr/local/bin/kubelet-plugin reload $MAINPID"
+    );
     // The unit, the init script and its config agree on the binary.
     let defaults = std::fs::read_to_string(repo().join("kubelet/default/kubelet-plugin")).unwrap();
     assert!(defaults.contains("DAEMON=\"/usr/local/bin/kubelet-plugin\""));
@@ -509,39 +513,64 @@ fn test_every_yaml_parses_and_pods_request_what_the_plugin_registers() {
         );
     }
 
-    // The DaemonSet: a node-critical, privileged pod on the host's paths,
-    // without an API token it has no use for.
-    let ds = of_kind(&docs, "DaemonSet");
-    assert_eq!(ds.len(), 1);
-    let spec = &ds[0]["spec"]["template"]["spec"];
-    assert_eq!(spec["priorityClassName"], "system-node-critical");
-    assert_eq!(spec["automountServiceAccountToken"], false);
-    assert!(!spec["tolerations"].as_sequence().unwrap().is_empty());
-    let c = &spec["containers"][0];
-    assert_eq!(c["securityContext"]["privileged"], true);
-    for key in ["requests", "limits"] {
-        assert!(c["resources"][key]["memory"].is_string(), "{key}");
-    }
-    let host_path = |volume: &str| -> String {
-        spec["volumes"]
-            .as_sequence()
-            .unwrap()
+    // The DaemonSets (kubelet.sock or the plugin watcher): node-critical,
+    // privileged pods on the host's paths, without an API token they have
+    // no use for, mounting exactly the dirs their args name.
+    let sets = of_kind(&docs, "DaemonSet");
+    assert_eq!(sets.len(), 2, "one per registration mode");
+    let mut modes = BTreeSet::new();
+    for ds in sets {
+        let spec = &ds["spec"]["template"]["spec"];
+        assert_eq!(spec["priorityClassName"], "system-node-critical");
+        assert_eq!(spec["automountServiceAccountToken"], false);
+        assert!(!spec["tolerations"].as_sequence().unwrap().is_empty());
+        let c = &spec["containers"][0];
+        assert_eq!(c["securityContext"]["privileged"], true);
+        for key in ["requests", "limits"] {
+            assert!(c["resources"][key]["memory"].is_string(), "{key}");
+        }
+        let args = strings(&c["args"]);
+        let probe = strings(&c["livenessProbe"]["exec"]["command"]);
+        let mode = flag_value(&args, "--registration").unwrap_or("kubelet-sock".into());
+        let socket_flag = match mode.as_str() {
+            "kubelet-sock" => "--device-plugin-dir",
+            "plugins-registry" => "--plugins-registry-dir",
+            other => panic!("unknown mode {other}"),
+        };
+        let host_dirs: BTreeSet<String> = [socket_flag, "--dev-dir", "--cdi-dir"]
             .iter()
-            .find(|v| v["name"] == volume)
-            .unwrap()["hostPath"]["path"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    let mut mounted = BTreeSet::new();
-    let host_dirs = ["/var/lib/kubelet/device-plugins", "/dev", "/var/run/cdi"];
-    for m in c["volumeMounts"].as_sequence().unwrap() {
-        let path = m["mountPath"].as_str().unwrap();
-        // Same path inside and out: the CDI specs name host paths.
-        assert_eq!(path, host_path(m["name"].as_str().unwrap()));
-        mounted.insert(path.to_string());
+            .map(|f| flag_value(&args, f).unwrap_or_else(|| panic!("{mode}: no {f} in {args:?}")))
+            .collect();
+        // The probe looks where the plugin put its sockets and locks.
+        for f in [socket_flag, "--cdi-dir"] {
+            assert_eq!(
+                flag_value(&probe, f),
+                flag_value(&args, f),
+                "{mode}: probe's {f}"
+            );
+        }
+        let host_path = |volume: &str| -> String {
+            spec["volumes"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == volume)
+                .unwrap()["hostPath"]["path"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let mut mounted = BTreeSet::new();
+        for m in c["volumeMounts"].as_sequence().unwrap() {
+            let path = m["mountPath"].as_str().unwrap();
+            // Same path inside and out: the CDI specs name host paths.
+            assert_eq!(path, host_path(m["name"].as_str().unwrap()));
+            mounted.insert(path.to_string());
+        }
+        assert_eq!(mounted, host_dirs, "{mode}");
+        modes.insert(mode);
     }
-    assert_eq!(mounted, host_dirs.iter().map(|s| s.to_string()).collect());
+    assert_eq!(modes.len(), 2, "{modes:?}");
 
     // The standalone kubelet's config: static pods where `make deploy`
     // puts them (relative paths are taken from the config file's dir).
@@ -695,51 +724,82 @@ fn test_dra_manifests_match_what_the_driver_publishes_and_calls() {
     assert_eq!(mounted, want.iter().map(|s| s.to_string()).collect());
 }
 
-/// The DaemonSet's container args, with the host's dirs replaced by `d`'s.
-fn daemonset_args(d: &Dirs) -> Vec<String> {
-    let docs = device_plugin_manifests();
-    let ds = of_kind(&docs, "DaemonSet");
-    let args: Vec<String> = ds[0]["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_sequence()
-        .unwrap()
+/// A YAML sequence of strings.
+fn strings(v: &Value) -> Vec<String> {
+    v.as_sequence()
+        .unwrap_or_else(|| panic!("not a list: {v:?}"))
         .iter()
-        .map(|a| {
-            let a = a.as_str().unwrap();
-            a.replace(
-                "=/var/lib/kubelet/device-plugins",
-                &format!("={}", d.plugin.display()),
-            )
-            .replace("=/var/run/cdi", &format!("={}", d.cdi.display()))
-            .replace("=/dev", &format!("={}", d.dev.display()))
-        })
-        .collect();
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The value of `--flag=value` in `args`.
+fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    args.iter()
+        .find_map(|a| a.strip_prefix(flag)?.strip_prefix('='))
+        .map(str::to_string)
+}
+
+/// The container of the DaemonSet in kubelet/daemonset/`file`: its args
+/// and its liveness probe's command, with the host's dirs replaced by
+/// `d`'s (the plugin watcher's dir by `registry`).
+fn daemonset_commands(file: &str, d: &Dirs, registry: &Path) -> (Vec<String>, Vec<String>) {
+    let docs = device_plugin_manifests();
+    let path = repo().join("kubelet/daemonset").join(file);
+    let (_, ds) = docs
+        .iter()
+        .find(|(f, v)| *f == path && v["kind"] == "DaemonSet")
+        .unwrap_or_else(|| panic!("no DaemonSet in {}", path.display()));
+    let c = &ds["spec"]["template"]["spec"]["containers"][0];
+    let local = |list: Vec<String>| -> Vec<String> {
+        list.iter()
+            .map(|a| {
+                a.replace(
+                    "=/var/lib/kubelet/device-plugins",
+                    &format!("={}", d.plugin.display()),
+                )
+                .replace(
+                    "=/var/lib/kubelet/plugins_registry",
+                    &format!("={}", registry.display()),
+                )
+                .replace("=/var/run/cdi", &format!("={}", d.cdi.display()))
+                .replace("=/dev", &format!("={}", d.dev.display()))
+            })
+            .collect()
+    };
+    let args = local(strings(&c["args"]));
     let tmp = d.tmp.path().to_str().unwrap();
     assert_eq!(
         args.iter().filter(|a| a.contains(tmp)).count(),
         3,
         "the three dirs: {args:?}"
     );
-    args
+    (args, local(strings(&c["livenessProbe"]["exec"]["command"])))
 }
 
 /// The image of kubelet/daemonset/Dockerfile, built by podman around the
-/// static binary and run as the DaemonSet runs it (privileged, read-only
-/// root, the dirs mounted at the same paths, its args): it registers with
-/// the simulator outside the container and stops on SIGTERM. Podman runs
-/// in a private mount namespace whose /run and /var/lib are fresh tmpfs, so
-/// nothing of it is left on the host.
-#[test]
-fn test_daemonset_image_serves_from_a_container() {
+/// static binary and run as the DaemonSet in `file` runs it (privileged,
+/// read-only root, the dirs mounted at the same paths, its args): it
+/// registers with the simulator outside the container (through kubelet.sock
+/// or the plugin watcher's dir, as the manifest says), its liveness probe
+/// passes, and it stops on SIGTERM. Podman runs in a private mount
+/// namespace whose /run and /var/lib are fresh tmpfs, so nothing of it is
+/// left on the host.
+fn daemonset_serves_from_a_container(test: &str, file: &str) {
     // FROM scratch needs a static binary.
     if !STATIC {
         return common::skip(
-            "test_daemonset_image_serves_from_a_container",
+            test,
             "not a static build; `make test` builds one (crt-static)",
         );
     }
     let bin = PathBuf::from(plugin_bin());
     let d = dirs();
     make_kvm_node(&d);
+    let registry = d.tmp.path().join("plugins_registry");
+    std::fs::create_dir(&registry).unwrap();
+    let (args, probe) = daemonset_commands(file, &d, &registry);
+    let watcher = flag_value(&args, "--registration").as_deref() == Some("plugins-registry");
     let base = d.tmp.path().join("podman");
     std::fs::create_dir_all(base.join("context/amd64")).unwrap();
     std::fs::copy(&bin, base.join("context/amd64/kubelet-plugin")).unwrap();
@@ -764,9 +824,12 @@ fn test_daemonset_image_serves_from_a_container() {
            kubelet-plugin:test {args}",
         repo = repo().display(),
         b = base.display(),
-        args = daemonset_args(&d).join(" "),
+        args = args.join(" "),
     );
-    let sim = Sim::start(&d.plugin).unwrap();
+    let mut sim = Sim::start(&d.plugin).unwrap();
+    if watcher {
+        sim.watch_registry(&registry).unwrap();
+    }
     let mut container = common::Plugin::spawn(
         Command::new("unshare")
             .args(["--mount", "--propagation", "private", "sh", "-c", &script])
@@ -780,20 +843,26 @@ fn test_daemonset_image_serves_from_a_container() {
         d.dev.join("crand0").exists(),
         "nodes made in the mounted dev dir"
     );
+    let sockets = if watcher { &registry } else { &d.plugin };
+    let socket = if watcher {
+        "github.com.ihcsim-crand.sock"
+    } else {
+        "crand.sock"
+    };
+    assert!(sockets.join(socket).exists(), "{file}: no {socket}");
+    if watcher {
+        let used: Vec<_> = std::fs::read_dir(&d.plugin)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(
+            used,
+            ["kubelet.sock"],
+            "{file}: the device plugin dir is not used"
+        );
+    }
     // The manifest's liveness probe, on these dirs, passes against it.
-    let docs = device_plugin_manifests();
-    let probe: Vec<String> = of_kind(&docs, "DaemonSet")[0]["spec"]["template"]["spec"]
-        ["containers"][0]["livenessProbe"]["exec"]["command"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            a.as_str()
-                .unwrap()
-                .replace("=/var/lib/kubelet/device-plugins", &format!("={}", d.plugin.display()))
-                .replace("=/var/run/cdi", &format!("={}", d.cdi.display()))
-        })
-        .collect();
     assert_eq!(probe[0], "/kubelet-plugin");
     assert!(probe.iter().any(|a| a == "--liveness"), "{probe:?}");
     let mut live = Command::new(plugin_bin());
@@ -804,11 +873,35 @@ fn test_daemonset_image_serves_from_a_container() {
         "the liveness probe fails: {}",
         text(&out)
     );
+    // And it found the plugins where this mode puts them.
+    let mode = if watcher {
+        "plugins-registry"
+    } else {
+        "kubelet-sock"
+    };
+    let seen = format!("({socket}, {mode}, registered)");
+    assert!(text(&out).contains(&seen), "{seen}: {}", text(&out));
     container.signal(Signal::SIGTERM);
     let status = container.wait_exit(limit).expect("the container stops");
     assert_eq!(status.code(), Some(0), "{}", container.log());
     assert!(container.log().contains("stopped"), "{}", container.log());
-    assert!(!d.plugin.join("crand.sock").exists());
+    assert!(!sockets.join(socket).exists());
+}
+
+#[test]
+fn test_daemonset_image_serves_from_a_container() {
+    daemonset_serves_from_a_container(
+        "test_daemonset_image_serves_from_a_container",
+        "daemonset.yaml",
+    );
+}
+
+#[test]
+fn test_plugins_registry_daemonset_serves_from_a_container() {
+    daemonset_serves_from_a_container(
+        "test_plugins_registry_daemonset_serves_from_a_container",
+        "daemonset-plugins-registry.yaml",
+    );
 }
 
 fn make(args: &[&str]) -> (i32, String) {

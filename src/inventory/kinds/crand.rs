@@ -63,6 +63,8 @@ impl Crand {
                     kind: NodeKind::Char,
                     id,
                     by_id: None,
+                    // A clone of /dev/random: no hardware behind it.
+                    numa: None,
                 })
             })
             .collect();

@@ -212,6 +212,8 @@ pub struct Dev {
     spec: DeviceFlag,
     resource: String,
     dev_dir: PathBuf,
+    /// Where the nodes' NUMA nodes are read.
+    sysfs: PathBuf,
     state: Mutex<State>,
 }
 
@@ -222,6 +224,7 @@ impl Dev {
         Dev {
             resource: format!("{domain}/{}", spec.name),
             dev_dir: dev_dir.to_path_buf(),
+            sysfs: devnode::sysfs_root(),
             spec,
             state: Mutex::default(),
         }
@@ -273,6 +276,7 @@ impl Dev {
             kind: *kind,
             id: *number,
             by_id: self.by_id(rel, real),
+            numa: devnode::numa_node(&self.sysfs, *kind, *number),
         })
     }
 

@@ -64,6 +64,8 @@ impl Kvm {
                 kind: NodeKind::Char,
                 id,
                 by_id: None,
+                // The CPUs' own virtualisation: on every NUMA node alike.
+                numa: None,
             }),
             count,
         }
