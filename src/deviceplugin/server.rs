@@ -302,12 +302,13 @@ fn preferred(
     req: &api::ContainerPreferredAllocationRequest,
     devices: &[Device],
 ) -> api::ContainerPreferredAllocationResponse {
-    let numa = |id: &String| {
-        devices
-            .iter()
-            .find(|d| &d.id == id)
-            .and_then(|d| d.node.numa)
-    };
+    // Looked up once per ID and per sort comparison: a map, not a scan of
+    // the snapshot (a resource may have thousands of devices).
+    let by_id: std::collections::HashMap<&str, Option<u32>> = devices
+        .iter()
+        .map(|d| (d.id.as_str(), d.node.numa))
+        .collect();
+    let numa = |id: &String| by_id.get(id.as_str()).copied().flatten();
     let size = usize::try_from(req.allocation_size).unwrap_or(0);
     let mut ids: Vec<String> = Vec::with_capacity(size);
     for id in &req.must_include_deviceIDs {
